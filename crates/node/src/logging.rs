@@ -1,0 +1,17 @@
+//! Logging setup: `tracing` to standard error, filtered by `RUST_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Sends `tracing` output to standard error. `RUST_LOG` filters it; without it, only
+/// events at `default_level` and above are shown (`"info"` for the server, `"warn"` for
+/// the client, whose standard output belongs to the user).
+pub fn init(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // A second call (in tests) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
