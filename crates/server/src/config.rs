@@ -1,0 +1,53 @@
+//! Everything that shapes a running server, with the defaults the binary's flags use.
+
+use std::time::Duration;
+
+use protocol::{Cookie, NodeName, limits};
+
+/// The server's settings. Built by the binary from its flags; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's name; clients must ask for exactly this name.
+    pub name: NodeName,
+    /// The shared secret.
+    pub cookie: Cookie,
+    /// Liveness tick: every connection is pinged each tick, and one silent for
+    /// [`ServerConfig::silent_ticks`] ticks is dropped.
+    pub tick: Duration,
+    /// Ticks of silence before a connection is dropped (Erlang's four).
+    pub silent_ticks: u32,
+    /// Time allowed from accept to a finished handshake.
+    pub handshake_timeout: Duration,
+    /// Most connections at once (joined or not).
+    pub max_clients: usize,
+    /// Longest message text, in bytes.
+    pub max_text_len: usize,
+    /// Frames a connection may have queued for sending before it counts as a slow
+    /// consumer and is dropped.
+    pub send_queue_frames: usize,
+    /// Flood limit: messages per second allowed on average per connection.
+    pub rate_per_sec: f64,
+    /// Flood limit: messages allowed in a burst; this many refused in a row disconnects.
+    pub burst: u32,
+    /// Time allowed for clients to be told about a shutdown before the server exits.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// A configuration with every default, for `name` and `cookie`.
+    pub fn new(name: NodeName, cookie: Cookie) -> Self {
+        Self {
+            name,
+            cookie,
+            tick: Duration::from_secs(15),
+            silent_ticks: 4,
+            handshake_timeout: Duration::from_secs(5),
+            max_clients: 10_000,
+            max_text_len: limits::DEFAULT_MAX_TEXT_LEN,
+            send_queue_frames: 1024,
+            rate_per_sec: 10.0,
+            burst: 20,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}

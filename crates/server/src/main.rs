@@ -1,0 +1,222 @@
+//! `chat-server`: runs the chat room, or (`chat-server port-mapper`) the port mapper.
+//!
+//! Start-up: resolve the node name and cookie, bind the listener, make sure a port mapper
+//! answers on this host (starting one detached if not, as `erl` starts epmd), register
+//! there, print the ready line, serve until SIGINT/SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chat_server::ServerConfig;
+use clap::{Args, Parser, Subcommand};
+use protocol::NodeName;
+use tokio::net::TcpListener;
+
+/// The ExMessenger chat server: one chat room for every chat-client that knows the cookie.
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Mode>,
+    #[command(flatten)]
+    room: RoomArgs,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run the port mapper (epmd protocol) in the foreground, e.g. under a service manager.
+    PortMapper(MapperArgs),
+}
+
+#[derive(Args)]
+struct MapperArgs {
+    /// Port to listen on [default: $ERL_EPMD_PORT or 4369]; 0 picks a free one.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+}
+
+#[derive(Args)]
+struct RoomArgs {
+    /// Long node name, alive@host (e.g. server@192.168.1.13 or server@localhost).
+    #[arg(long, conflicts_with = "sname", value_name = "ALIVE@HOST")]
+    name: Option<String>,
+    /// Short node name; the host is this machine's short host name.
+    #[arg(long, default_value = "server", value_name = "ALIVE")]
+    sname: String,
+    /// The shared secret (visible to other local users; prefer CHAT_COOKIE or a file).
+    #[arg(long)]
+    cookie: Option<String>,
+    /// File holding the cookie [default: ~/.erlang.cookie, created if missing].
+    #[arg(long, value_name = "PATH")]
+    cookie_file: Option<PathBuf>,
+    /// TCP port for clients; 0 picks a free one, found through the port mapper.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// Liveness tick in seconds; a client silent for four ticks is dropped.
+    #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+    tick: f64,
+    /// Seconds a new connection has to finish its handshake.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    handshake_timeout: f64,
+    /// Most connections at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    /// Longest message text in bytes.
+    #[arg(long, default_value_t = protocol::limits::DEFAULT_MAX_TEXT_LEN, value_name = "BYTES")]
+    max_text: usize,
+    /// Frames queued for a client before it counts as too slow and is dropped.
+    #[arg(long, default_value_t = 1024, value_name = "FRAMES")]
+    send_queue: usize,
+    /// Flood limit: messages per second per client, on average.
+    #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND")]
+    rate: f64,
+    /// Flood limit: burst size; this many refused in a row disconnects the client.
+    #[arg(long, default_value_t = 20)]
+    burst: u32,
+}
+
+fn main() -> Result<()> {
+    chat_node::logging::init("info");
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = match cli.command {
+        Some(Mode::PortMapper(args)) => runtime.block_on(run_port_mapper(args)),
+        None => runtime.block_on(run_room(cli.room)),
+    };
+    // Do not wait for connections stuck on a dead peer after the grace period.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn run_port_mapper(args: MapperArgs) -> Result<()> {
+    let port = args.port.unwrap_or_else(portmap::mapper_port_from_env);
+    let listener = TcpListener::bind((args.bind, port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
+    let port = listener.local_addr()?.port();
+    println!("port mapper ready on port {port}");
+    portmap::serve(listener, shutdown_signal())
+        .await
+        .context("port mapper failed")
+}
+
+async fn run_room(args: RoomArgs) -> Result<()> {
+    let name = match &args.name {
+        Some(long) => NodeName::parse_long(long),
+        None => NodeName::parse_short(&args.sname),
+    }
+    .context("invalid node name")?;
+    if args.cookie.is_some() {
+        tracing::warn!(
+            "a cookie given with --cookie is visible to other local users (ps); prefer CHAT_COOKIE or --cookie-file"
+        );
+    }
+    let env_cookie = std::env::var(chat_node::cookie::COOKIE_ENV).ok();
+    let (cookie, cookie_source) = chat_node::cookie::resolve(
+        args.cookie.as_deref(),
+        env_cookie.as_deref(),
+        args.cookie_file.as_deref(),
+    )
+    .context("no usable cookie")?;
+    let config = config_from(&args, name.clone(), cookie)?;
+
+    let listener = TcpListener::bind((args.bind, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+    let port = listener.local_addr()?.port();
+
+    let mapper_port = portmap::mapper_port_from_env();
+    let exe =
+        std::env::current_exe().context("cannot find this program to start the port mapper")?;
+    let mapper_port_arg = mapper_port.to_string();
+    let started = portmap::ensure_running(
+        mapper_port,
+        &exe,
+        &["port-mapper", "--port", &mapper_port_arg],
+    )
+    .await
+    .with_context(|| format!("no port mapper on port {mapper_port}, and starting one failed"))?;
+    if started {
+        tracing::info!(
+            port = mapper_port,
+            "started a port mapper in the background"
+        );
+    }
+    let mapper = SocketAddr::from((Ipv4Addr::LOCALHOST, mapper_port));
+    let mut registration = match portmap::register(mapper, name.alive(), port).await {
+        Ok(registration) => registration,
+        Err(portmap::PortmapError::NameTaken(alive)) => {
+            bail!(
+                "a node named {alive} is already running on this host (port mapper on port {mapper_port})"
+            )
+        }
+        Err(e) => return Err(e).context("cannot register with the port mapper"),
+    };
+    tokio::spawn(async move {
+        registration.closed().await;
+        tracing::warn!("the port mapper went away: clients can no longer find this node by name");
+        // Keep the registration alive (and dropped) with the task.
+        drop(registration);
+    });
+
+    tracing::info!(cookie = %cookie_source, "cookie loaded");
+    println!("chat-server {name} ready on port {port}");
+    chat_server::serve(config, listener, shutdown_signal()).await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Result<ServerConfig> {
+    let seconds = |value: f64, flag: &str| -> Result<Duration> {
+        if value.is_finite() && value > 0.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            bail!("{flag} must be a positive number of seconds, not {value}")
+        }
+    };
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number, not {}", args.rate);
+    }
+    if args.max_text == 0 || args.max_text > protocol::limits::MAX_FRAME_LEN / 2 {
+        bail!(
+            "--max-text must be between 1 and {} bytes",
+            protocol::limits::MAX_FRAME_LEN / 2
+        );
+    }
+    let mut config = ServerConfig::new(name, cookie);
+    config.tick = seconds(args.tick, "--tick")?;
+    config.handshake_timeout = seconds(args.handshake_timeout, "--handshake-timeout")?;
+    config.max_clients = args.max_clients;
+    config.max_text_len = args.max_text;
+    config.send_queue_frames = args.send_queue.max(1);
+    config.rate_per_sec = args.rate;
+    config.burst = args.burst.max(1);
+    Ok(config)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,153 @@
+//! Room members as the registry sees them: a [`Peer`] is anything that can be handed an
+//! event without waiting. [`NativePeer`] is a connection of our own protocol; a BEAM node
+//! or a remote cluster node can later be a peer too, and the registry will not care.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use protocol::codec::{self, CodecError};
+use protocol::{Event, LeaveReason, NodeName, Reply, ServerMessage};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A room event, encoded once for every native recipient.
+#[derive(Debug)]
+pub struct RoomEvent {
+    message: ServerMessage,
+    frame: Bytes,
+}
+
+impl RoomEvent {
+    /// Wraps and encodes `event`.
+    pub fn new(event: Event) -> Result<Self, CodecError> {
+        let message = ServerMessage::Event(event);
+        let frame = codec::encode_frame(&message)?;
+        Ok(Self { message, frame })
+    }
+
+    /// The event itself, for peers that speak another encoding.
+    pub fn message(&self) -> &ServerMessage {
+        &self.message
+    }
+
+    /// The whole native frame; cloning it only bumps a reference count.
+    pub fn native_frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The peer's send queue is full: it does not read fast enough.
+    #[error("send queue exceeded")]
+    QueueFull,
+    /// The peer is gone.
+    #[error("peer closed")]
+    Closed,
+}
+
+/// Something that can be a member of the room. Every method returns at once: the registry
+/// never waits for a peer.
+pub trait Peer: Send + Sync {
+    /// Queues a room event.
+    fn deliver(&self, event: &RoomEvent) -> Result<(), DeliveryError>;
+    /// Queues the answer to one of this peer's calls.
+    fn reply(&self, reply: Reply) -> Result<(), DeliveryError>;
+    /// Ends the peer's connection for `reason`, telling it why when it can.
+    fn close(&self, reason: LeaveReason);
+    /// The peer's node name, for logs.
+    fn node(&self) -> &NodeName;
+}
+
+/// What a connection's writer is asked to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Write this frame.
+    Frame(Bytes),
+    /// Write everything queued before this, then close the connection.
+    Close,
+}
+
+/// A connection of our native protocol: a bounded queue drained by its writer task, and a
+/// token that stops both of its tasks at once.
+#[derive(Debug)]
+pub struct NativePeer {
+    node: NodeName,
+    addr: SocketAddr,
+    queue: mpsc::Sender<Outgoing>,
+    stop: CancellationToken,
+}
+
+impl NativePeer {
+    /// A peer for the connection from `addr`, authenticated as `node`.
+    pub fn new(
+        node: NodeName,
+        addr: SocketAddr,
+        queue: mpsc::Sender<Outgoing>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            node,
+            addr,
+            queue,
+            stop,
+        }
+    }
+
+    /// The remote address, for logs.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Queues an already encoded frame.
+    pub fn push(&self, frame: Bytes) -> Result<(), DeliveryError> {
+        self.queue
+            .try_send(Outgoing::Frame(frame))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => DeliveryError::Closed,
+            })
+    }
+
+    /// Queues any server message (encoding it for this peer alone).
+    pub fn send(&self, message: &ServerMessage) -> Result<(), DeliveryError> {
+        match codec::encode_frame(message) {
+            Ok(frame) => self.push(frame),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a server message");
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops the connection now, dropping whatever is queued.
+    pub fn abort(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Peer for NativePeer {
+    fn deliver(&self, event: &RoomEvent) -> Result<(), DeliveryError> {
+        self.push(event.native_frame().clone())
+    }
+
+    fn reply(&self, reply: Reply) -> Result<(), DeliveryError> {
+        self.send(&ServerMessage::Reply(reply))
+    }
+
+    fn close(&self, reason: LeaveReason) {
+        // A slow consumer cannot take more frames; anyone else is told why, then closed
+        // once its queue is written.
+        let told = reason != LeaveReason::SendQueueExceeded
+            && self.send(&ServerMessage::Closing { reason }).is_ok()
+            && self.queue.try_send(Outgoing::Close).is_ok();
+        if !told {
+            self.stop.cancel();
+        }
+    }
+
+    fn node(&self) -> &NodeName {
+        &self.node
+    }
+}

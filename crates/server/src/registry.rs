@@ -1,0 +1,292 @@
+//! The registry actor: the one task that owns the room.
+//!
+//! It holds `nick -> peer` and every attached connection, and is the only place that
+//! changes them; connections talk to it through [`RegistryHandle`]. It never awaits a
+//! peer: events are encoded once and pushed to each member's bounded queue without
+//! waiting, and a member whose queue is full is dropped as a slow consumer. Every room
+//! event gets the next room sequence number.
+//!
+//! [`RegistryHandle`] is the narrow interface to membership and broadcast; a clustered
+//! backend can implement the same calls later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use protocol::limits::{self, NickError};
+use protocol::{Event, EventKind, LeaveReason, Reply};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peer::{DeliveryError, Peer, RoomEvent};
+
+/// Identifies one connection for its whole life.
+pub type ConnId = u64;
+
+/// Requests to the registry.
+pub enum Command {
+    /// A connection finished its handshake; it may now make calls.
+    Attach {
+        /// The connection.
+        id: ConnId,
+        /// How to reach it.
+        peer: Arc<dyn Peer>,
+    },
+    /// A connection ended; if it was a member, the room is told it left for `reason`.
+    Detach {
+        /// The connection.
+        id: ConnId,
+        /// Why it ended.
+        reason: LeaveReason,
+    },
+    /// Join the room as `nick`.
+    Join {
+        /// The connection.
+        id: ConnId,
+        /// The nick wanted.
+        nick: String,
+    },
+    /// Leave the room.
+    Leave {
+        /// The connection.
+        id: ConnId,
+    },
+    /// Say `text` to every other member.
+    Say {
+        /// The speaker.
+        id: ConnId,
+        /// The message (already validated).
+        text: String,
+    },
+    /// Say `text` to `to` alone.
+    Private {
+        /// The speaker.
+        id: ConnId,
+        /// The recipient's nick.
+        to: String,
+        /// The message (already validated).
+        text: String,
+    },
+    /// Ask for the members' nicks.
+    ListUsers {
+        /// The asker.
+        id: ConnId,
+    },
+    /// Tell every connection the server is shutting down and close them.
+    Shutdown {
+        /// Answered once every connection has been told.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The sending side of the registry's mailbox; cheap to clone.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl RegistryHandle {
+    /// Sends a command; waits only if the mailbox is full (back-pressure on readers).
+    /// Returns false once the registry has stopped.
+    pub async fn send(&self, command: Command) -> bool {
+        self.tx.send(command).await.is_ok()
+    }
+
+    /// Tells every connection that the server is shutting down; returns once they all
+    /// have the notice queued.
+    pub async fn shutdown(&self) {
+        let (done, told) = oneshot::channel();
+        if self.send(Command::Shutdown { done }).await {
+            let _ = told.await;
+        }
+    }
+}
+
+/// Starts the registry actor with a mailbox of `mailbox` commands.
+pub fn spawn(mailbox: usize) -> RegistryHandle {
+    let (tx, rx) = mpsc::channel(mailbox);
+    tokio::spawn(Registry::default().run(rx));
+    RegistryHandle { tx }
+}
+
+struct Connection {
+    peer: Arc<dyn Peer>,
+    nick: Option<String>,
+}
+
+#[derive(Default)]
+struct Registry {
+    connections: HashMap<ConnId, Connection>,
+    /// Members by nick, sorted so user lists come out in order.
+    members: BTreeMap<String, (ConnId, Arc<dyn Peer>)>,
+    /// The last room sequence number handed out.
+    seq: u64,
+}
+
+impl Registry {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(command) = rx.recv().await {
+            self.handle(command);
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Attach { id, peer } => {
+                self.connections.insert(id, Connection { peer, nick: None });
+            }
+            Command::Detach { id, reason } => {
+                self.remove_member(id, reason);
+                self.connections.remove(&id);
+            }
+            Command::Join { id, nick } => self.join(id, nick),
+            Command::Leave { id } => {
+                if self.remove_member(id, LeaveReason::Left) {
+                    self.reply(id, Reply::Left);
+                } else {
+                    self.reply(id, Reply::NotJoined);
+                }
+            }
+            Command::Say { id, text } => match self.nick_of(id) {
+                Some(from) => {
+                    let from = from.to_string();
+                    self.broadcast(EventKind::Message { from, text }, Some(id));
+                }
+                None => self.reply(id, Reply::NotJoined),
+            },
+            Command::Private { id, to, text } => self.private(id, to, text),
+            Command::ListUsers { id } => {
+                let users = self.members.keys().cloned().collect();
+                self.reply(id, Reply::Users { users });
+            }
+            Command::Shutdown { done } => {
+                for connection in self.connections.values() {
+                    connection.peer.close(LeaveReason::ServerShutdown);
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn nick_of(&self, id: ConnId) -> Option<&str> {
+        self.connections.get(&id)?.nick.as_deref()
+    }
+
+    fn join(&mut self, id: ConnId, nick: String) {
+        let Some(connection) = self.connections.get(&id) else {
+            return;
+        };
+        if let Some(current) = &connection.nick {
+            let nick = current.clone();
+            self.reply(id, Reply::AlreadyJoined { nick });
+            return;
+        }
+        let refusal = match limits::validate_nick(&nick) {
+            Err(NickError::NotAllowed(_)) => Some(Reply::NickNotAllowed),
+            Err(NickError::Invalid(reason)) => Some(Reply::InvalidNick { reason }),
+            Ok(()) if self.members.contains_key(&nick) => Some(Reply::NickInUse),
+            Ok(()) => None,
+        };
+        if let Some(reply) = refusal {
+            tracing::debug!(%nick, ?reply, "join refused");
+            self.reply(id, reply);
+            return;
+        }
+        let peer = Arc::clone(&connection.peer);
+        tracing::info!(%nick, node = %peer.node(), "joined");
+        self.members.insert(nick.clone(), (id, peer));
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.nick = Some(nick.clone());
+        }
+        let users = self.members.keys().cloned().collect();
+        self.reply(id, Reply::Joined { users });
+        self.broadcast(EventKind::Joined { nick }, Some(id));
+    }
+
+    fn private(&mut self, id: ConnId, to: String, text: String) {
+        let Some(from) = self.nick_of(id).map(str::to_string) else {
+            self.reply(id, Reply::NotJoined);
+            return;
+        };
+        let Some((to_id, peer)) = self.members.get(&to) else {
+            self.reply(id, Reply::NoSuchUser { nick: to });
+            return;
+        };
+        let to_id = *to_id;
+        self.seq += 1;
+        let event = Event {
+            seq: self.seq,
+            kind: EventKind::Private { from, text },
+        };
+        match RoomEvent::new(event) {
+            Ok(event) => {
+                if let Err(e) = peer.deliver(&event) {
+                    self.delivery_failed(to_id, e);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a private message"),
+        }
+    }
+
+    /// Sends `kind` to every member but `except`, encoding it once. Members whose queue is
+    /// full are dropped afterwards (which is itself broadcast).
+    fn broadcast(&mut self, kind: EventKind, except: Option<ConnId>) {
+        self.seq += 1;
+        let event = match RoomEvent::new(Event {
+            seq: self.seq,
+            kind,
+        }) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a room event");
+                return;
+            }
+        };
+        let mut failed = Vec::new();
+        for (id, peer) in self.members.values() {
+            if Some(*id) == except {
+                continue;
+            }
+            if let Err(e) = peer.deliver(&event) {
+                failed.push((*id, e));
+            }
+        }
+        for (id, error) in failed {
+            self.delivery_failed(id, error);
+        }
+    }
+
+    fn delivery_failed(&mut self, id: ConnId, error: DeliveryError) {
+        let reason = match error {
+            DeliveryError::QueueFull => LeaveReason::SendQueueExceeded,
+            DeliveryError::Closed => LeaveReason::ConnectionLost,
+        };
+        if let Some(connection) = self.connections.get(&id) {
+            tracing::info!(node = %connection.peer.node(), %error, "dropping connection");
+            connection.peer.close(reason);
+        }
+        self.remove_member(id, reason);
+    }
+
+    /// Takes `id` out of the room and tells the others; false if it was not a member.
+    fn remove_member(&mut self, id: ConnId, reason: LeaveReason) -> bool {
+        let Some(nick) = self
+            .connections
+            .get_mut(&id)
+            .and_then(|connection| connection.nick.take())
+        else {
+            return false;
+        };
+        self.members.remove(&nick);
+        tracing::info!(%nick, reason = reason.describe(), "left");
+        self.broadcast(EventKind::Left { nick, reason }, None);
+        true
+    }
+
+    fn reply(&mut self, id: ConnId, reply: Reply) {
+        let Some(connection) = self.connections.get(&id) else {
+            return;
+        };
+        if let Err(e) = connection.peer.reply(reply) {
+            self.delivery_failed(id, e);
+        }
+    }
+}
