@@ -119,6 +119,9 @@ struct Registry {
     members: BTreeMap<String, (ConnId, Arc<dyn Peer>)>,
     /// The last room sequence number handed out.
     seq: u64,
+    /// Set by [`Command::Shutdown`]: everyone has been told, so departures are no
+    /// longer broadcast.
+    shutting_down: bool,
 }
 
 impl Registry {
@@ -158,6 +161,7 @@ impl Registry {
                 self.reply(id, Reply::Users { users });
             }
             Command::Shutdown { done } => {
+                self.shutting_down = true;
                 for connection in self.connections.values() {
                     connection.peer.close(LeaveReason::ServerShutdown);
                 }
@@ -277,7 +281,9 @@ impl Registry {
         };
         self.members.remove(&nick);
         tracing::info!(%nick, reason = reason.describe(), "left");
-        self.broadcast(EventKind::Left { nick, reason }, None);
+        if !self.shutting_down {
+            self.broadcast(EventKind::Left { nick, reason }, None);
+        }
         true
     }
 
