@@ -13,6 +13,7 @@ use chat_server::ServerConfig;
 use clap::{Args, Parser, Subcommand};
 use protocol::NodeName;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The ExMessenger chat server: one chat room for every chat-client that knows the cookie.
 #[derive(Parser)]
@@ -102,8 +103,9 @@ async fn run_port_mapper(args: MapperArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
     let port = listener.local_addr()?.port();
+    let signals = ShutdownSignals::install()?;
     println!("port mapper ready on port {port}");
-    portmap::serve(listener, shutdown_signal())
+    portmap::serve(listener, signals.received())
         .await
         .context("port mapper failed")
 }
@@ -168,8 +170,9 @@ async fn run_room(args: RoomArgs) -> Result<()> {
     });
 
     tracing::info!(cookie = %cookie_source, "cookie loaded");
+    let signals = ShutdownSignals::install()?;
     println!("chat-server {name} ready on port {port}");
-    chat_server::serve(config, listener, shutdown_signal()).await;
+    chat_server::serve(config, listener, signals.received()).await;
     tracing::info!("bye");
     Ok(())
 }
@@ -202,21 +205,26 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     Ok(config)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// SIGINT and SIGTERM, installed before the ready line is printed so that a signal sent
+/// right after it is a clean shutdown rather than the default (immediate death).
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
