@@ -1,0 +1,22 @@
+//! The ExMessenger chat client, as a library so that its parts can be tested and reused.
+//!
+//! Start-up goes: resolve the server's name ([`connect`]), connect and prove the cookie,
+//! start the [`session`] (a task that prints everything the server sends), join the room,
+//! then read lines ([`plain`]) and turn each into a [`command::Command`].
+//!
+//! - [`cli`]: command-line flags and what they resolve to.
+//! - [`command`]: one input line -> one [`command::Command`].
+//! - [`render`]: server messages -> the exact lines the user sees.
+//! - [`connect`]: name resolution, TCP, preamble and cookie handshake.
+//! - [`session`]: the running session: the message handler and the sending half.
+//! - [`plain`]: the plain line-by-line REPL over standard input.
+//!
+//! Parsing, rendering and the session know nothing about how lines are read, so a line
+//! editor can replace [`plain`] without touching them.
+
+pub mod cli;
+pub mod command;
+pub mod connect;
+pub mod plain;
+pub mod render;
+pub mod session;

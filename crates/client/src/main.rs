@@ -1,0 +1,112 @@
+//! `chat-client`: join an ExMessenger chat room from the terminal.
+//!
+//! Start-up follows the original client: resolve the server, connect, handshake, start
+//! the message handler, join, print the banner, then read lines. Exit status: 0 after
+//! `/quit` or the end of input, 1 when the server cannot be reached, refuses the join at
+//! start-up, or is lost. User output goes to standard output; diagnostics go through
+//! `tracing` to standard error (level `warn` unless `RUST_LOG` says otherwise).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chat_client::cli::{Args, Environment};
+use chat_client::connect;
+use chat_client::plain::{self, PlainOutput};
+use chat_client::render;
+use chat_client::session::{JoinOutcome, Session, SessionError};
+use clap::Parser;
+use tokio::io::BufReader;
+use tracing::debug;
+
+/// Exit status for every failure.
+const FAILURE: u8 = 1;
+
+#[tokio::main]
+async fn main() {
+    chat_node::logging::init("warn");
+    let args = Args::parse();
+    let code = match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chat-client: {e:#}");
+            FAILURE
+        }
+    };
+    // Reading standard input blocks a thread that cannot be cancelled, so leave at once
+    // instead of waiting for the runtime to shut down.
+    std::process::exit(i32::from(code))
+}
+
+/// Runs the client; returns the exit status, or an error the contract has no line for.
+async fn run(args: Args) -> anyhow::Result<u8> {
+    if let Some(warning) = args.cookie_warning() {
+        eprintln!("{warning}");
+    }
+    let config = args
+        .resolve(&Environment::from_process())
+        .context("cannot start the client")?;
+    debug!(cookie = %config.cookie_source, "cookie found");
+    let server = config.server.name.to_string();
+
+    plain::print_line(&render::connecting(&server, &config.own.to_string()));
+    let connection = match connect::connect(&config.server, &config.own, config.cookie).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            eprintln!("{}", render::connect_failed(&server, &e.to_string()));
+            return Ok(FAILURE);
+        }
+    };
+    plain::print_line(&render::connected());
+
+    let output = Arc::new(PlainOutput::detect(&config.own));
+    let mut session = Session::start(
+        connection,
+        &config.server.name,
+        config.nick,
+        Arc::clone(&output) as _,
+    );
+    let mut lost = session.lost_signal();
+
+    match session.join().await {
+        Ok(JoinOutcome::Joined) => {}
+        // The handler has printed the refusal.
+        Ok(JoinOutcome::Refused(_)) => return Ok(FAILURE),
+        Ok(JoinOutcome::NoAnswer) => {
+            plain::print_line(&render::join_refused("no answer from the server"));
+            return Ok(FAILURE);
+        }
+        Err(SessionError::Lost(why)) => {
+            eprintln!("{}", render::connection_lost(&server, &why));
+            return Ok(FAILURE);
+        }
+    }
+
+    /// How the REPL ended.
+    enum End {
+        Done(Result<(), SessionError>),
+        Lost(String),
+        Interrupted,
+    }
+    let stdin = BufReader::new(tokio::io::stdin());
+    let end = tokio::select! {
+        biased;
+        result = plain::run(stdin, &mut session, &output) => End::Done(result),
+        why = lost.wait() => End::Lost(why),
+        _ = tokio::signal::ctrl_c() => End::Interrupted,
+    };
+    let result = match end {
+        End::Done(result) => result,
+        End::Lost(why) => Err(SessionError::Lost(why)),
+        End::Interrupted => {
+            output.end_prompt();
+            session.quit().await
+        }
+    };
+    match result {
+        Ok(()) => Ok(0),
+        Err(SessionError::Lost(why)) => {
+            eprintln!("{}", render::connection_lost(&server, &why));
+            Ok(FAILURE)
+        }
+    }
+}

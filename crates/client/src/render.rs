@@ -1,0 +1,369 @@
+//! What the user sees: every server message turned into the exact lines of the CLI
+//! contract (`docs/cli-contract.md`).
+//!
+//! These are pure functions from messages to `String`s, so the output format is tested
+//! without a terminal or a server. Room output keeps the original's shape,
+//! `<server node>> <nick>: <text>`. Text that came from the server is shown in full, but
+//! any control character in it other than tab is replaced with U+FFFD: the server
+//! validates texts and nicks, and this makes sure a terminal escape can never reach the
+//! user's terminal even if a server does not.
+
+use std::borrow::Cow;
+
+use protocol::{EventKind, LeaveReason, Reply};
+
+/// The nick the server speaks as in its own messages.
+const SERVER: &str = "server";
+
+/// Replaces every control character except tab with U+FFFD, so untrusted text cannot
+/// move the cursor, change colours or retitle the terminal.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    if text.chars().any(is_forbidden) {
+        Cow::Owned(
+            text.chars()
+                .map(|c| if is_forbidden(c) { '\u{FFFD}' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+fn is_forbidden(c: char) -> bool {
+    c.is_control() && c != '\t'
+}
+
+/// The line for a room event, prefixed with the server's node name `server`.
+pub fn event(server: &str, event: &EventKind) -> String {
+    match event {
+        EventKind::Message { from, text } => {
+            format!("{server}> {}: {}", sanitize(from), sanitize(text))
+        }
+        EventKind::Private { from, text } => {
+            format!("{server}> {} (private): {}", sanitize(from), sanitize(text))
+        }
+        EventKind::Joined { nick } => format!("{server}> * {} has joined *", sanitize(nick)),
+        EventKind::Left { nick, reason } => match reason {
+            LeaveReason::Left | LeaveReason::Quit => {
+                format!("{server}> * {} has left *", sanitize(nick))
+            }
+            other => format!(
+                "{server}> * {} has left * ({})",
+                sanitize(nick),
+                other.describe()
+            ),
+        },
+        EventKind::Notice { text } => from_server(server, &sanitize(text)),
+    }
+}
+
+/// The lines for the reply to one of our calls. `quitting` is true while the client is
+/// leaving to exit, when the "you can rejoin" hint would be nonsense.
+pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
+    match reply {
+        Reply::Joined { users } => joined(users),
+        Reply::NickInUse
+        | Reply::NickNotAllowed
+        | Reply::InvalidNick { .. }
+        | Reply::AlreadyJoined { .. } => {
+            vec![join_refused(
+                &join_refusal_reason(reply).unwrap_or_default(),
+            )]
+        }
+        Reply::Left if quitting => Vec::new(),
+        Reply::Left => vec![left_room()],
+        Reply::NotJoined => vec![not_joined()],
+        Reply::Users { users } => {
+            vec![from_server(server, &format!("users: {}", user_list(users)))]
+        }
+        Reply::NoSuchUser { nick } => vec![from_server(
+            server,
+            &format!(
+                "no user named {} in the room; message not sent",
+                sanitize(nick)
+            ),
+        )],
+        Reply::InvalidText { reason } => vec![from_server(
+            server,
+            &format!("message not sent ({})", sanitize(reason)),
+        )],
+        Reply::SlowDown => vec![from_server(
+            server,
+            "slow down, message dropped (flood limit)",
+        )],
+    }
+}
+
+/// For a reply that refuses a join, the reason as the original client named it
+/// (`nick_in_use`, `invalid_nick (<rule>)`, ...); `None` for any other reply.
+pub fn join_refusal_reason(reply: &Reply) -> Option<String> {
+    match reply {
+        Reply::NickInUse => Some("nick_in_use".into()),
+        Reply::NickNotAllowed => Some("nick_not_allowed".into()),
+        Reply::InvalidNick { reason } => Some(format!("invalid_nick ({})", sanitize(reason))),
+        Reply::AlreadyJoined { .. } => Some("already_joined".into()),
+        _ => None,
+    }
+}
+
+/// The banner printed on joining: joined, who is here, where to find help.
+pub fn joined(users: &[String]) -> Vec<String> {
+    vec![
+        "* Joined the chatroom *".to_string(),
+        format!("* Users in the room: {} *", user_list(users)),
+        "* Type /help for options *".to_string(),
+    ]
+}
+
+/// The line for a refused join; `reason` as from [`join_refusal_reason`].
+pub fn join_refused(reason: &str) -> String {
+    format!("Could not join chatroom, reason: {reason}")
+}
+
+/// The line confirming `/leave`.
+pub fn left_room() -> String {
+    "You have exited the chatroom, you can rejoin with /join or quit with /quit".to_string()
+}
+
+/// The line for a command that needs the client to be in the room.
+pub fn not_joined() -> String {
+    "You are not in the chatroom; use /join".to_string()
+}
+
+/// The line for a message too long to send.
+pub fn text_too_long(max: usize) -> String {
+    format!("Message not sent: it is longer than {max} bytes")
+}
+
+/// The first start-up line, printed before connecting.
+pub fn connecting(server: &str, own: &str) -> String {
+    format!("Connecting to {server} from {own} ...")
+}
+
+/// The second start-up line, printed once the handshake succeeded.
+pub fn connected() -> String {
+    "Connected".to_string()
+}
+
+/// The standard-error line for a failed connection attempt.
+pub fn connect_failed(server: &str, why: &str) -> String {
+    format!("Could not connect to {server}: {why}")
+}
+
+/// The standard-error line for a connection that broke after it was established.
+pub fn connection_lost(server: &str, why: &str) -> String {
+    format!("Connection to {server} lost: {why}")
+}
+
+/// The prompt shown before each line typed on a terminal.
+pub fn prompt(own: &str) -> String {
+    format!("{own}> ")
+}
+
+/// A line spoken by the server itself: `S> server: <text>`.
+fn from_server(server: &str, text: &str) -> String {
+    format!("{server}> {SERVER}: {text}")
+}
+
+fn user_list(users: &[String]) -> String {
+    users
+        .iter()
+        .map(|u| sanitize(u))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: &str = "server@host";
+
+    fn users(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn room_events() {
+        let say = EventKind::Message {
+            from: "ann".into(),
+            text: "hello".into(),
+        };
+        assert_eq!(event(S, &say), "server@host> ann: hello");
+        let pm = EventKind::Private {
+            from: "ann".into(),
+            text: "psst".into(),
+        };
+        assert_eq!(event(S, &pm), "server@host> ann (private): psst");
+        let joined = EventKind::Joined { nick: "ann".into() };
+        assert_eq!(event(S, &joined), "server@host> * ann has joined *");
+        let notice = EventKind::Notice {
+            text: "restart at noon".into(),
+        };
+        assert_eq!(event(S, &notice), "server@host> server: restart at noon");
+    }
+
+    #[test]
+    fn departures_name_unusual_reasons() {
+        let left = |reason| EventKind::Left {
+            nick: "ann".into(),
+            reason,
+        };
+        assert_eq!(
+            event(S, &left(LeaveReason::Left)),
+            "server@host> * ann has left *"
+        );
+        assert_eq!(
+            event(S, &left(LeaveReason::Quit)),
+            "server@host> * ann has left *"
+        );
+        assert_eq!(
+            event(S, &left(LeaveReason::Timeout)),
+            "server@host> * ann has left * (timed out)"
+        );
+        assert_eq!(
+            event(S, &left(LeaveReason::ConnectionLost)),
+            "server@host> * ann has left * (connection lost)"
+        );
+        assert_eq!(
+            event(S, &left(LeaveReason::SendQueueExceeded)),
+            "server@host> * ann has left * (send queue exceeded)"
+        );
+    }
+
+    #[test]
+    fn text_keeps_its_spacing() {
+        let say = EventKind::Message {
+            from: "ann".into(),
+            text: "  a\tb  ".into(),
+        };
+        assert_eq!(event(S, &say), "server@host> ann:   a\tb  ");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let say = EventKind::Message {
+            from: "ev\u{1b}il".into(),
+            text: "\u{1b}[2Jgone\r\n\u{7f}\u{9b}x".into(),
+        };
+        assert_eq!(
+            event(S, &say),
+            "server@host> ev\u{FFFD}il: \u{FFFD}[2Jgone\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}x"
+        );
+        assert!(matches!(sanitize("plain\ttext"), Cow::Borrowed(_)));
+        let users = reply(
+            S,
+            &Reply::Users {
+                users: users(&["a\u{7}"]),
+            },
+            false,
+        );
+        assert_eq!(users, ["server@host> server: users: a\u{FFFD}"]);
+    }
+
+    #[test]
+    fn join_replies() {
+        assert_eq!(
+            reply(
+                S,
+                &Reply::Joined {
+                    users: users(&["ann", "bob", "john"])
+                },
+                false
+            ),
+            [
+                "* Joined the chatroom *",
+                "* Users in the room: ann, bob, john *",
+                "* Type /help for options *"
+            ]
+        );
+        assert_eq!(
+            reply(S, &Reply::NickInUse, false),
+            ["Could not join chatroom, reason: nick_in_use"]
+        );
+        assert_eq!(
+            reply(S, &Reply::NickNotAllowed, false),
+            ["Could not join chatroom, reason: nick_not_allowed"]
+        );
+        assert_eq!(
+            reply(
+                S,
+                &Reply::InvalidNick {
+                    reason: "nick must not be empty".into()
+                },
+                false
+            ),
+            ["Could not join chatroom, reason: invalid_nick (nick must not be empty)"]
+        );
+        assert_eq!(
+            reply(
+                S,
+                &Reply::AlreadyJoined {
+                    nick: "john".into()
+                },
+                false
+            ),
+            ["Could not join chatroom, reason: already_joined"]
+        );
+        assert_eq!(join_refusal_reason(&Reply::Left), None);
+    }
+
+    #[test]
+    fn other_replies() {
+        assert_eq!(
+            reply(S, &Reply::Left, false),
+            ["You have exited the chatroom, you can rejoin with /join or quit with /quit"]
+        );
+        assert!(reply(S, &Reply::Left, true).is_empty());
+        assert_eq!(
+            reply(S, &Reply::NotJoined, false),
+            ["You are not in the chatroom; use /join"]
+        );
+        assert_eq!(
+            reply(
+                S,
+                &Reply::Users {
+                    users: users(&["ann", "bob", "john"])
+                },
+                false
+            ),
+            ["server@host> server: users: ann, bob, john"]
+        );
+        assert_eq!(
+            reply(S, &Reply::NoSuchUser { nick: "bob".into() }, false),
+            ["server@host> server: no user named bob in the room; message not sent"]
+        );
+        assert_eq!(
+            reply(S, &Reply::SlowDown, false),
+            ["server@host> server: slow down, message dropped (flood limit)"]
+        );
+        assert_eq!(
+            reply(
+                S,
+                &Reply::InvalidText {
+                    reason: "message is empty".into()
+                },
+                false
+            ),
+            ["server@host> server: message not sent (message is empty)"]
+        );
+    }
+
+    #[test]
+    fn start_up_and_failure_lines() {
+        assert_eq!(
+            connecting(S, "john@host"),
+            "Connecting to server@host from john@host ..."
+        );
+        assert_eq!(connected(), "Connected");
+        assert_eq!(
+            connect_failed(S, "connection refused"),
+            "Could not connect to server@host: connection refused"
+        );
+        assert_eq!(
+            connection_lost(S, "server shutting down"),
+            "Connection to server@host lost: server shutting down"
+        );
+        assert_eq!(prompt("john@host"), "john@host> ");
+    }
+}
