@@ -110,6 +110,8 @@ pub fn spawn(mailbox: usize) -> RegistryHandle {
 struct Connection {
     peer: Arc<dyn Peer>,
     nick: Option<String>,
+    /// Set once the registry has closed this connection; its own `Detach` follows.
+    closed: bool,
 }
 
 #[derive(Default)]
@@ -134,7 +136,12 @@ impl Registry {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Attach { id, peer } => {
-                self.connections.insert(id, Connection { peer, nick: None });
+                let connection = Connection {
+                    peer,
+                    nick: None,
+                    closed: false,
+                };
+                self.connections.insert(id, connection);
             }
             Command::Detach { id, reason } => {
                 self.remove_member(id, reason);
@@ -162,7 +169,8 @@ impl Registry {
             }
             Command::Shutdown { done } => {
                 self.shutting_down = true;
-                for connection in self.connections.values() {
+                for connection in self.connections.values_mut() {
+                    connection.closed = true;
                     connection.peer.close(LeaveReason::ServerShutdown);
                 }
                 let _ = done.send(());
@@ -263,7 +271,10 @@ impl Registry {
             DeliveryError::QueueFull => LeaveReason::SendQueueExceeded,
             DeliveryError::Closed => LeaveReason::ConnectionLost,
         };
-        if let Some(connection) = self.connections.get(&id) {
+        // A failure can be seen several times (a broadcast about the departure of one
+        // slow member may find another still full): close and log only once.
+        if let Some(connection) = self.connections.get_mut(&id).filter(|c| !c.closed) {
+            connection.closed = true;
             tracing::info!(node = %connection.peer.node(), %error, "dropping connection");
             connection.peer.close(reason);
         }
