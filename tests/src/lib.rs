@@ -1,0 +1,59 @@
+//! Test harness for ExMessenger's integration tests: the real `chat-server` and
+//! `chat-client` binaries, real sockets on 127.0.0.1, assertions on what users see.
+//!
+//! The output the tests assert on is the contract in `docs/cli-contract.md`.
+//!
+//! # Pieces
+//!
+//! - [`bins`]: builds the two binaries once per test process (`cargo build --bins -p
+//!   chat-server -p chat-client`, same profile and target directory as the test binary)
+//!   and says where they are. A plain `cargo test --workspace` therefore works.
+//! - [`process::Proc`]: a child process whose stdout and stderr are read line by line by
+//!   background threads. `expect_line(needle, timeout)` waits for a line and fails with
+//!   everything the process printed; `expect_no_line_before(forbidden, marker, ..)` shows
+//!   that something did *not* arrive; `send_line`, `close_stdin`, `wait_exit`, `signal`,
+//!   `pid`. Dropping a `Proc` kills it with SIGKILL and reaps it; a failing test prints
+//!   the output of every process it started.
+//! - [`nodes`]: a test's world. [`Ctx::new`] makes a temporary `HOME` (no test touches
+//!   the real `~/.erlang.cookie`) and starts the test's own port mapper
+//!   (`chat-server port-mapper --port 0`); every process gets its port as
+//!   `ERL_EPMD_PORT`, so no test uses 4369 or another test's mapper. [`Ctx::server`]
+//!   starts `chat-server --name x@localhost --cookie ...` and waits for its ready line;
+//!   [`Ctx::client`] / [`Ctx::join`] start `chat-client --nick N --server x@localhost
+//!   --name N-k@localhost --cookie ... --no-reconnect` with stdin piped (the plain line
+//!   mode) and wait for the join banner. Names are `x@localhost`, so the machine's host
+//!   name does not matter.
+//! - [`raw::RawClient`]: a client built on the `protocol` crate (tokio socket, preamble,
+//!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
+//!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
+//!   finish the handshake.
+//! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
+//!   killing processes by command line (the detached port mapper).
+//!
+//! # Rules the tests follow
+//!
+//! Waits are generous ([`WAIT`], [`LONG`]) and wait for something observable: a line, a
+//! socket event, a process exit. No test sleeps to let something get ready or arrive.
+//! To show that a user did *not* receive something, the tests use a barrier: the user
+//! sends `/users`, and the answer, which the server necessarily sends after anything it
+//! had sent before, must come before any forbidden line. Every test is independent and
+//! runs in parallel with the others.
+
+use std::time::Duration;
+
+pub mod bins;
+pub mod net;
+pub mod nodes;
+pub mod process;
+pub mod raw;
+
+pub use nodes::{COOKIE, Client, Ctx, Mapper, Server, TempDir};
+pub use process::{Proc, Signal, Stream};
+pub use raw::{Incoming, RawClient};
+
+/// How long to wait for something that should happen at once (a line, a reply).
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// How long to wait for something slower: a process start-up (the first one may wait
+/// for the build), a process exit, a drop after timeouts.
+pub const LONG: Duration = Duration::from_secs(30);

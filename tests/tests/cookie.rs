@@ -1,0 +1,210 @@
+//! The cookie: a wrong one is refused and logged, it never crosses the wire, and the
+//! default `~/.erlang.cookie` is created and used.
+
+use std::os::unix::fs::PermissionsExt;
+
+use chat_tests::net::{RecordingProxy, contains_bytes};
+use chat_tests::{COOKIE, Ctx, LONG, RawClient, WAIT};
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_wrong_cookie_is_refused_logged_and_unseen_by_the_room() {
+    let ctx = Ctx::new();
+    let mut server = ctx.start_server("server@localhost", &[]);
+    let mut ann = ctx.join(&server, "ann");
+
+    let mut mallory = ctx
+        .client("mallory")
+        .to(&server)
+        .cookie("not-the-right-cookie")
+        .spawn();
+    let own = mallory
+        .own_name()
+        .expect("named by the harness")
+        .to_string();
+    mallory.proc.expect_stderr_line(
+        "Could not connect to server@localhost: not allowed (check the cookie)",
+        LONG,
+    );
+    let code = mallory.proc.expect_failure(LONG);
+    assert_eq!(code, 1, "exit status after a refused cookie");
+    if mallory.proc.seen("* Joined the chatroom *") {
+        mallory.proc.fail("joined the room with a wrong cookie");
+    }
+
+    // The room saw nothing.
+    ann.expect_not_received("mallory");
+    assert_eq!(ann.users(), strings(&["ann"]));
+
+    // The server logged a warning with the peer address and the claimed name.
+    let log = server.proc.expect_stderr_line("handshake refused", WAIT);
+    assert!(log.contains("WARN"), "not a WARN line: {log:?}");
+    assert!(log.contains("127.0.0.1"), "no peer address in {log:?}");
+    assert!(
+        log.contains(&own),
+        "no claimed node name {own:?} in {log:?}"
+    );
+    assert!(
+        !log.contains(COOKIE) && !log.contains("not-the-right-cookie"),
+        "a cookie in the log: {log:?}"
+    );
+}
+
+#[test]
+fn a_wrong_cookie_is_refused_at_the_protocol_level() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &[]);
+    let mut raw = RawClient::connect("raw", server.port());
+    let result = raw.handshake("raw@localhost", server.name(), "guess");
+    assert_eq!(result, Err("refused: not allowed".to_string()));
+    raw.expect_closed(WAIT);
+
+    // And the right cookie works on the same server.
+    let mut ok = RawClient::connect("ok", server.port());
+    assert!(ok.handshake("ok@localhost", server.name(), COOKIE).is_ok());
+}
+
+#[test]
+fn the_cookie_never_appears_on_the_wire() {
+    let cookie = "s3cret-Cookie-that-must-never-leak-7f3a9";
+    let ctx = Ctx::new();
+    let server = ctx.server("server@localhost").cookie(cookie).start();
+    let proxy = RecordingProxy::start(server.port());
+    let via_proxy = format!("server@localhost:{}", proxy.port());
+
+    let mut bob = ctx.client("bob").to(&server).cookie(cookie).join();
+    // A whole session through the proxy: join, say, pm, users, leave, join, quit.
+    let mut ann = ctx
+        .client("ann")
+        .server_arg(&via_proxy, "server@localhost")
+        .cookie(cookie)
+        .join();
+    bob.expect_joined("ann");
+    ann.send("a public message through the proxy");
+    bob.expect_say("ann", "a public message through the proxy");
+    ann.send("/pm bob a private one");
+    bob.expect_private("ann", "a private one");
+    bob.send("bob answers");
+    ann.expect_say("bob", "bob answers");
+    assert_eq!(ann.users(), strings(&["ann", "bob"]));
+    ann.send("/leave");
+    bob.expect_left("ann");
+    ann.send("/join");
+    ann.expect("* Joined the chatroom *");
+    bob.expect_joined("ann");
+    ann.send("/quit");
+    ann.proc.expect_success(LONG);
+    bob.expect_left("ann");
+
+    // A refused attempt through the proxy, with another cookie, leaks nothing either.
+    let wrong = "w r o n g-cookie-also-secret";
+    let mut eve = ctx
+        .client("eve")
+        .server_arg(&via_proxy, "server@localhost")
+        .cookie(wrong)
+        .spawn();
+    eve.proc
+        .expect_stderr_line("not allowed (check the cookie)", LONG);
+    eve.proc.expect_failure(LONG);
+
+    let rec = proxy.recorded();
+    assert_eq!(rec.connections, 2, "both clients went through the proxy");
+    // The recording works: it has the preamble and what ann said.
+    assert!(rec.upstream.starts_with(b"EXM"), "no preamble recorded");
+    assert!(contains_bytes(
+        &rec.upstream,
+        b"a public message through the proxy"
+    ));
+    assert!(contains_bytes(&rec.downstream, b"bob answers"));
+    for secret in [cookie, wrong] {
+        assert!(
+            !contains_bytes(&rec.upstream, secret.as_bytes()),
+            "the cookie {secret:?} was sent to the server"
+        );
+        assert!(
+            !contains_bytes(&rec.downstream, secret.as_bytes()),
+            "the cookie {secret:?} was sent to the client"
+        );
+    }
+}
+
+#[test]
+fn without_a_cookie_flag_the_erlang_cookie_file_is_created_and_used() {
+    let ctx = Ctx::new();
+    let cookie_file = ctx.home().join(".erlang.cookie");
+    assert!(!cookie_file.exists());
+
+    let server = ctx.server("server@localhost").no_cookie().start();
+    let meta = std::fs::metadata(&cookie_file)
+        .unwrap_or_else(|e| panic!("{} was not created: {e}", cookie_file.display()));
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o400,
+        "mode of {}",
+        cookie_file.display()
+    );
+    let contents = std::fs::read_to_string(&cookie_file).expect("cookie file is readable");
+    let secret = contents.trim().to_string();
+    assert!(secret.len() >= 8, "a weak default cookie: {secret:?}");
+
+    let mut ann = ctx.client("ann").to(&server).no_cookie().join();
+    let mut bob = ctx.client("bob").to(&server).cookie(&secret).join();
+    ann.expect_joined("bob");
+    bob.send("the file cookie works");
+    ann.expect_say("bob", "the file cookie works");
+
+    // The file's cookie is really enforced.
+    let mut eve = ctx.client("eve").to(&server).cookie("some-other").spawn();
+    eve.proc
+        .expect_stderr_line("not allowed (check the cookie)", LONG);
+    eve.proc.expect_failure(LONG);
+
+    // The file was not rewritten by the client.
+    assert_eq!(
+        std::fs::read_to_string(&cookie_file).expect("cookie file is readable"),
+        contents
+    );
+}
+
+#[test]
+fn the_cookie_can_come_from_the_environment_or_a_file() {
+    let ctx = Ctx::new();
+    let server = ctx
+        .server("server@localhost")
+        .no_cookie()
+        .env("CHAT_COOKIE", "env-cookie-123")
+        .start();
+    let mut ann = ctx
+        .client("ann")
+        .to(&server)
+        .no_cookie()
+        .env("CHAT_COOKIE", "env-cookie-123")
+        .join();
+
+    let file = ctx.home().join("my-cookie");
+    std::fs::write(&file, "env-cookie-123\n").expect("write the cookie file");
+    let file = file.to_str().expect("utf-8 temp path").to_string();
+    let _bob = ctx
+        .client("bob")
+        .to(&server)
+        .no_cookie()
+        .args(&["--cookie-file", &file])
+        .join();
+    ann.expect_joined("bob");
+
+    // --cookie wins over the environment.
+    let mut eve = ctx
+        .client("eve")
+        .to(&server)
+        .cookie("flag-cookie")
+        .env("CHAT_COOKIE", "env-cookie-123")
+        .spawn();
+    eve.proc
+        .expect_stderr_line("not allowed (check the cookie)", LONG);
+    eve.proc.expect_failure(LONG);
+    // No default cookie file was needed.
+    assert!(!ctx.home().join(".erlang.cookie").exists());
+}
