@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, value_name = "alive@host[:PORT]")]
     pub server: Option<ServerTarget>,
 
-    /// The nick to join the room with. Default: $USER.
+    /// The nick to join the room with. Default: $USER (or $LOGNAME).
     #[arg(long)]
     pub nick: Option<String>,
 
@@ -67,7 +67,7 @@ pub struct Args {
 /// [`Args::resolve`] can be tested without touching the process environment.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
-    /// `$USER`: the default nick.
+    /// `$USER` (or `$LOGNAME`): the default nick.
     pub user: Option<String>,
     /// `$CHAT_COOKIE`: the cookie when `--cookie` is not given.
     pub cookie: Option<String>,
@@ -77,7 +77,9 @@ impl Environment {
     /// Reads the variables from this process's environment.
     pub fn from_process() -> Self {
         Self {
-            user: std::env::var("USER").ok().filter(|u| !u.is_empty()),
+            user: ["USER", "LOGNAME"]
+                .into_iter()
+                .find_map(|var| std::env::var(var).ok().filter(|u| !u.is_empty())),
             cookie: std::env::var(cookie::COOKIE_ENV).ok(),
         }
     }
