@@ -33,6 +33,49 @@ fn is_forbidden(c: char) -> bool {
     c.is_control() && c != '\t'
 }
 
+/// What a line is about, so a terminal front end can colour it and timestamp what came
+/// from the server. The text of a line never depends on its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// Someone said something to the room.
+    Message,
+    /// A private message to us.
+    Private,
+    /// Someone joined or left.
+    Presence,
+    /// The server speaking: notices, user lists, refusals of what we sent.
+    Server,
+    /// The client's own status lines (banners, confirmations, local errors).
+    Local,
+}
+
+/// The kind of the line [`event`] renders.
+pub fn event_kind(event: &EventKind) -> LineKind {
+    match event {
+        EventKind::Message { .. } => LineKind::Message,
+        EventKind::Private { .. } => LineKind::Private,
+        EventKind::Joined { .. } | EventKind::Left { .. } => LineKind::Presence,
+        EventKind::Notice { .. } => LineKind::Server,
+    }
+}
+
+/// The kind of the lines [`reply`] renders.
+pub fn reply_kind(reply: &Reply) -> LineKind {
+    match reply {
+        Reply::Users { .. }
+        | Reply::NoSuchUser { .. }
+        | Reply::InvalidText { .. }
+        | Reply::SlowDown => LineKind::Server,
+        Reply::Joined { .. }
+        | Reply::NickInUse
+        | Reply::NickNotAllowed
+        | Reply::InvalidNick { .. }
+        | Reply::AlreadyJoined { .. }
+        | Reply::Left
+        | Reply::NotJoined => LineKind::Local,
+    }
+}
+
 /// The line for a room event, prefixed with the server's node name `server`.
 pub fn event(server: &str, event: &EventKind) -> String {
     match event {

@@ -16,14 +16,15 @@
 //! front end does not know how lines are read: a plain reader and a line editor drive it
 //! alike through [`Session::handle_line`].
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::limits::MAX_FRAME_LEN;
-use protocol::{ClientMessage, NodeName, Reply, ServerMessage};
+use protocol::{ClientMessage, EventKind, NodeName, Reply, ServerMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -31,7 +32,7 @@ use tracing::{debug, warn};
 
 use crate::command::{self, Command};
 use crate::connect::{Connection, SessionStream};
-use crate::render;
+use crate::render::{self, LineKind};
 
 /// How long the front end waits for the answer to a join or a leave (and, on quit, for
 /// the socket to be flushed and closed).
@@ -57,6 +58,50 @@ const OUTGOING_QUEUE: usize = 64;
 pub trait Output: Send + Sync + 'static {
     /// Shows one complete line (without its line terminator) to the user.
     fn line(&self, line: &str);
+
+    /// Shows a line that came from the server; `kind` lets a terminal colour it or
+    /// timestamp it. By default it is shown like any other line.
+    fn incoming(&self, kind: LineKind, line: &str) {
+        let _ = kind;
+        self.line(line);
+    }
+}
+
+/// The nicks in the room as this client last heard them (from the join answer, `/users`
+/// answers and join/leave events); empty while not joined. Cheap to clone, so a line
+/// editor's completer can hold one.
+#[derive(Debug, Clone, Default)]
+pub struct Members(Arc<Mutex<BTreeSet<String>>>);
+
+impl Members {
+    /// The nicks, sorted.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // Every update is a single insert, remove or replace: a poisoned set is still whole.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn replace(&self, users: &[String]) {
+        *self.lock() = users.iter().cloned().collect();
+    }
+
+    /// Follows one room event.
+    fn follow(&self, event: &EventKind) {
+        match event {
+            EventKind::Joined { nick } => {
+                self.lock().insert(nick.clone());
+            }
+            EventKind::Left { nick, .. } => {
+                self.lock().remove(nick);
+            }
+            EventKind::Message { .. } | EventKind::Private { .. } | EventKind::Notice { .. } => {}
+        }
+    }
 }
 
 /// What the REPL should do after handling a line.
@@ -118,6 +163,8 @@ struct Shared {
     quitting: AtomicBool,
     /// The first reason the connection broke, if it did.
     lost: watch::Sender<Option<String>>,
+    /// Who is in the room.
+    members: Members,
 }
 
 impl Shared {
@@ -164,6 +211,7 @@ impl Session {
             joined: AtomicBool::new(false),
             quitting: AtomicBool::new(false),
             lost: lost_tx,
+            members: Members::default(),
         });
         let writer = tokio::spawn(write_loop(sink, queue, Arc::clone(&shared)));
         let handler = Handler {
@@ -192,6 +240,11 @@ impl Session {
     /// A signal that resolves when the connection is lost.
     pub fn lost_signal(&self) -> LostSignal {
         LostSignal(self.lost.clone())
+    }
+
+    /// The nicks in the room, kept up to date by the message handler.
+    pub fn members(&self) -> Members {
+        self.shared.members.clone()
     }
 
     /// Whether the server last told us we are in the room.
@@ -421,7 +474,9 @@ impl Handler {
                 ServerMessage::Pong => {}
                 ServerMessage::Closing { reason } => return reason.describe().to_string(),
                 ServerMessage::Event(event) => {
-                    self.output.line(&render::event(&self.server, &event.kind));
+                    self.shared.members.follow(&event.kind);
+                    let line = render::event(&self.server, &event.kind);
+                    self.output.incoming(render::event_kind(&event.kind), &line);
                 }
                 ServerMessage::Reply(reply) => self.on_reply(reply),
             }
@@ -441,8 +496,14 @@ impl Handler {
     /// Prints a reply, updates the join state, and tells a waiting front end.
     fn on_reply(&self, reply: Reply) {
         let quitting = self.shared.quitting.load(Ordering::SeqCst);
+        let kind = render::reply_kind(&reply);
         for line in render::reply(&self.server, &reply, quitting) {
-            self.output.line(&line);
+            self.output.incoming(kind, &line);
+        }
+        match &reply {
+            Reply::Joined { users } | Reply::Users { users } => self.shared.members.replace(users),
+            Reply::Left => self.shared.members.replace(&[]),
+            _ => {}
         }
         let outcome = match &reply {
             Reply::Joined { .. } => {
@@ -495,5 +556,29 @@ async fn write_loop(
             tokio::time::sleep(WRITE_FAILURE_GRACE).await;
             shared.report_lost(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::LeaveReason;
+
+    #[test]
+    fn members_follow_joins_leaves_and_user_lists() {
+        let members = Members::default();
+        members.replace(&["bob".into(), "ann".into()]);
+        members.follow(&EventKind::Joined { nick: "cy".into() });
+        members.follow(&EventKind::Left {
+            nick: "bob".into(),
+            reason: LeaveReason::Timeout,
+        });
+        members.follow(&EventKind::Message {
+            from: "ann".into(),
+            text: "hi".into(),
+        });
+        assert_eq!(members.snapshot(), ["ann", "cy"]);
+        members.replace(&[]);
+        assert!(members.snapshot().is_empty());
     }
 }
