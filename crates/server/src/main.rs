@@ -10,19 +10,30 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chat_server::ServerConfig;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use protocol::NodeName;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The ExMessenger chat server: one chat room for every chat-client that knows the cookie.
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "chat-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Mode>,
     #[command(flatten)]
     room: RoomArgs,
+    /// Print the shell completion script for SHELL and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<chat_node::docs::Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    manpage: bool,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +98,13 @@ struct RoomArgs {
 fn main() -> Result<()> {
     chat_node::logging::init("info");
     let cli = Cli::parse();
+    if let Some(shell) = cli.completions {
+        return chat_node::docs::print_completions(Cli::command(), shell)
+            .context("cannot write the completions");
+    }
+    if cli.manpage {
+        return chat_node::docs::print_manpage(Cli::command()).context("cannot write the man page");
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = match cli.command {
         Some(Mode::PortMapper(args)) => runtime.block_on(run_port_mapper(args)),
