@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! chat-client [--server alive@host[:PORT]] [--nick NICK] [--name N | --sname N]
-//!             [--cookie C] [--cookie-file F] [--no-reconnect]
+//!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps]
 //! ```
 //!
 //! The server defaults to `server@<short hostname>`, the nick to `$USER`, and the client's
@@ -57,10 +57,22 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub cookie_file: Option<PathBuf>,
 
-    /// Exit when the connection to the server is lost instead of reconnecting. (This
-    /// version never reconnects yet: losing the server always exits with status 1.)
+    /// Exit with status 1 when the connection to the server is lost, instead of
+    /// reconnecting (with backoff, rejoining with the same nick).
     #[arg(long)]
     pub no_reconnect: bool,
+
+    /// Prefix every line that came from the server with the local time, HH:MM.
+    #[arg(long)]
+    pub timestamps: bool,
+
+    /// Print the shell completion script for SHELL and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    pub completions: Option<chat_node::docs::Shell>,
+
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    pub manpage: bool,
 }
 
 /// The environment variables the client reads, gathered in one place so that
@@ -100,6 +112,8 @@ pub struct Config {
     pub cookie_source: CookieSource,
     /// Whether to reconnect after losing the server.
     pub reconnect: bool,
+    /// Whether to prefix lines from the server with the local time (`--timestamps`).
+    pub timestamps: bool,
 }
 
 /// Why the flags do not add up to a [`Config`].
@@ -148,6 +162,7 @@ impl Args {
             cookie,
             cookie_source,
             reconnect: !self.no_reconnect,
+            timestamps: self.timestamps,
         })
     }
 
@@ -237,6 +252,13 @@ mod tests {
         assert_eq!(config.own.to_string(), "me@127.0.0.1");
         assert_eq!(config.cookie_source, CookieSource::Flag);
         assert!(!config.reconnect);
+    }
+
+    #[test]
+    fn timestamps_are_off_unless_asked() {
+        assert!(!args(&[]).unwrap().resolve(&env()).unwrap().timestamps);
+        let config = args(&["--timestamps"]).unwrap().resolve(&env()).unwrap();
+        assert!(config.timestamps);
     }
 
     #[test]

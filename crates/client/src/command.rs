@@ -5,6 +5,9 @@
 //! line that merely *contains* `/pm` is an ordinary message (the original client treated
 //! it as a private message). A line starting with `//` says the rest literally, which is
 //! how a message that starts with `/` gets sent. Blank lines are ignored.
+//!
+//! The list of commands lives here too: the `/help` text ([`help`]) and what Tab
+//! completes ([`complete`]), as pure functions a line editor calls.
 
 use std::fmt;
 
@@ -100,22 +103,62 @@ fn parse_pm(args: &str) -> Result<Command, CommandError> {
     })
 }
 
-/// The lines `/help` prints.
+/// The commands, as typed at the start of a line (what Tab completes).
+pub const COMMANDS: [&str; 6] = ["/help", "/join", "/leave", "/users", "/pm", "/quit"];
+
+/// The lines `/help` prints: one per command, then one for everything else.
 pub fn help() -> Vec<String> {
     [
-        "Commands:",
-        "  /help                  show this list",
-        "  /join                  join the chatroom",
-        "  /leave                 leave the chatroom (you stay connected)",
-        "  /users                 list the users in the chatroom",
-        "  /pm <nick> <message>   send a private message to <nick>",
-        "  /quit                  leave the chatroom and exit",
-        "  //text                 say \"/text\" (a message that starts with '/')",
-        "Anything else is said to everyone in the chatroom.",
+        "/help                  show this list",
+        "/join                  join the chatroom",
+        "/leave                 leave the chatroom (you stay connected)",
+        "/users                 list the users in the chatroom",
+        "/pm <nick> <message>   send a private message to <nick>",
+        "/quit                  leave the chatroom and exit",
+        "Any other text is said to everyone in the chatroom; //text says \"/text\".",
     ]
     .into_iter()
     .map(String::from)
     .collect()
+}
+
+/// Completion candidates for the text left of the cursor, given the nicks in the room.
+///
+/// Returns where the completed word starts (a byte offset into `before_cursor`) and its
+/// possible replacements, each ending with a space so the user can type on: a command
+/// while the line is a single word starting with `/` (`/he` -> `/help `), and a nick
+/// (matched ignoring case) in the first argument of `/pm `. Anything else has none.
+pub fn complete(before_cursor: &str, nicks: &[String]) -> (usize, Vec<String>) {
+    let none = (0, Vec::new());
+    let Some(rest) = before_cursor.strip_prefix('/') else {
+        return none;
+    };
+    if !rest.contains(char::is_whitespace) {
+        let candidates = COMMANDS
+            .iter()
+            .filter(|command| command.starts_with(before_cursor))
+            .map(|command| format!("{command} "))
+            .collect();
+        return (0, candidates);
+    }
+    let Some(args) = rest.strip_prefix("pm") else {
+        return none;
+    };
+    if !args.starts_with(char::is_whitespace) {
+        return none;
+    }
+    let word = args.trim_start();
+    if word.contains(char::is_whitespace) {
+        // Past the nick: the message itself.
+        return none;
+    }
+    let prefix = word.to_lowercase();
+    let candidates = nicks
+        .iter()
+        .filter(|nick| nick.to_lowercase().starts_with(&prefix))
+        .map(|nick| format!("{nick} "))
+        .collect();
+    (before_cursor.len() - word.len(), candidates)
 }
 
 #[cfg(test)]
@@ -211,9 +254,67 @@ mod tests {
 
     #[test]
     fn help_lists_every_command() {
-        let help = help().join("\n");
-        for cmd in ["/help", "/join", "/leave", "/users", "/pm", "/quit", "//"] {
-            assert!(help.contains(cmd), "{cmd}");
+        let help = help();
+        for cmd in COMMANDS {
+            assert!(
+                help.iter().any(|line| line.starts_with(cmd)),
+                "no line for {cmd}"
+            );
         }
+        assert!(
+            help.iter()
+                .any(|line| line.contains("/pm <nick> <message>"))
+        );
+        assert!(help.iter().any(|line| line.contains("//text")));
+        assert_eq!(help.len(), COMMANDS.len() + 1, "one line per command");
+    }
+
+    #[test]
+    fn every_listed_command_is_known() {
+        for cmd in COMMANDS {
+            assert!(
+                !matches!(parse(cmd), Err(CommandError::Unknown(_))),
+                "{cmd}"
+            );
+        }
+    }
+
+    fn nicks(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn commands_complete_at_the_start_of_a_line() {
+        assert_eq!(complete("/he", &[]), (0, vec!["/help ".to_string()]));
+        assert_eq!(complete("/p", &[]), (0, vec!["/pm ".to_string()]));
+        assert_eq!(complete("/", &[]).1.len(), COMMANDS.len());
+        assert_eq!(complete("/x", &[]), (0, vec![]));
+        assert_eq!(complete("//he", &[]), (0, vec![]));
+        assert_eq!(complete("he", &[]), (0, vec![]));
+        assert_eq!(complete("", &[]), (0, vec![]));
+        assert_eq!(complete(" /he", &[]), (0, vec![]));
+        assert_eq!(complete("/help me", &[]), (0, vec![]));
+    }
+
+    #[test]
+    fn nicks_complete_after_pm() {
+        let room = nicks(&["Ann", "anna", "bob"]);
+        assert_eq!(
+            complete("/pm an", &room),
+            (4, vec!["Ann ".to_string(), "anna ".to_string()])
+        );
+        assert_eq!(complete("/pm  b", &room), (5, vec!["bob ".to_string()]));
+        assert_eq!(complete("/pm ", &room).1.len(), 3);
+        assert_eq!(complete("/pm ", &room).0, 4);
+        assert_eq!(complete("/pm z", &room), (4, vec![]));
+        // Not in the nick's place.
+        assert_eq!(complete("/pm bob hi an", &room), (0, vec![]));
+        assert_eq!(complete("/pmb", &room), (0, vec![]));
+        assert_eq!(complete("/users an", &room), (0, vec![]));
+        assert_eq!(complete("say /pm an", &room), (0, vec![]));
+        // Non-ASCII nicks are offsets in bytes.
+        let room = nicks(&["Zoë"]);
+        assert_eq!(complete("/pm zo", &room), (4, vec!["Zoë ".to_string()]));
+        assert_eq!(complete("/pm Zoë", &room), (4, vec!["Zoë ".to_string()]));
     }
 }

@@ -2,14 +2,20 @@
 //!
 //! Start-up goes: resolve the server's name ([`connect`]), connect and prove the cookie,
 //! start the [`session`] (a task that prints everything the server sends), join the room,
-//! then read lines ([`plain`]) and turn each into a [`command::Command`].
+//! then read lines ([`frontend`]: the line editor or plain lines) and turn each into a
+//! [`command::Command`].
 //!
 //! - [`cli`]: command-line flags and what they resolve to.
 //! - [`command`]: one input line -> one [`command::Command`].
 //! - [`render`]: server messages -> the exact lines the user sees.
 //! - [`connect`]: name resolution, TCP, preamble and cookie handshake.
-//! - [`session`]: the running session: the message handler and the sending half.
+//! - [`session`]: the running session: what the REPL calls; it sends through a connection's
+//!   message handler and writer (`link`), swapped underneath when reconnecting.
+//! - [`reconnect`]: after losing the server, reconnect with backoff and rejoin.
 //! - [`plain`]: the plain line-by-line REPL over standard input.
+//! - [`terminal`]: the line-editor REPL for a terminal (rustyline, external printer).
+//! - [`frontend`]: picks one of the two.
+//! - [`style`]: colours and timestamps.
 //!
 //! Parsing, rendering and the session know nothing about how lines are read, so a line
 //! editor can replace [`plain`] without touching them.
@@ -17,6 +23,11 @@
 pub mod cli;
 pub mod command;
 pub mod connect;
+pub mod frontend;
+mod link;
 pub mod plain;
+pub mod reconnect;
 pub mod render;
 pub mod session;
+pub mod style;
+pub mod terminal;

@@ -3,19 +3,19 @@
 //! Start-up follows the original client: resolve the server, connect, handshake, start
 //! the message handler, join, print the banner, then read lines. Exit status: 0 after
 //! `/quit` or the end of input, 1 when the server cannot be reached, refuses the join at
-//! start-up, or is lost. User output goes to standard output; diagnostics go through
+//! start-up, or is lost with `--no-reconnect` (otherwise the session reconnects by itself,
+//! see [`chat_client::reconnect`]). User output goes to standard output; diagnostics go through
 //! `tracing` to standard error (level `warn` unless `RUST_LOG` says otherwise).
-
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use chat_client::cli::{Args, Environment};
 use chat_client::connect;
-use chat_client::plain::{self, PlainOutput};
+use chat_client::frontend::FrontEnd;
+use chat_client::plain;
+use chat_client::reconnect::{ReconnectPolicy, Redial};
 use chat_client::render;
 use chat_client::session::{JoinOutcome, Session, SessionError};
-use clap::Parser;
-use tokio::io::BufReader;
+use clap::{CommandFactory, Parser};
 use tracing::debug;
 
 /// Exit status for every failure.
@@ -25,6 +25,15 @@ const FAILURE: u8 = 1;
 async fn main() {
     chat_node::logging::init("warn");
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        std::process::exit(print_docs(chat_node::docs::print_completions(
+            Args::command(),
+            shell,
+        )));
+    }
+    if args.manpage {
+        std::process::exit(print_docs(chat_node::docs::print_manpage(Args::command())));
+    }
     let code = match run(args).await {
         Ok(code) => code,
         Err(e) => {
@@ -35,6 +44,17 @@ async fn main() {
     // Reading standard input blocks a thread that cannot be cancelled, so leave at once
     // instead of waiting for the runtime to shut down.
     std::process::exit(i32::from(code))
+}
+
+/// Exit status after printing completions or the man page.
+fn print_docs(written: std::io::Result<()>) -> i32 {
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("chat-client: cannot write to standard output: {e}");
+            i32::from(FAILURE)
+        }
+    }
 }
 
 /// Runs the client; returns the exit status, or an error the contract has no line for.
@@ -49,22 +69,29 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     let server = config.server.name.to_string();
 
     plain::print_line(&render::connecting(&server, &config.own.to_string()));
-    let connection = match connect::connect(&config.server, &config.own, config.cookie).await {
-        Ok(connection) => connection,
-        Err(e) => {
-            eprintln!("{}", render::connect_failed(&server, &e.to_string()));
-            return Ok(FAILURE);
-        }
-    };
+    let connection =
+        match connect::connect(&config.server, &config.own, config.cookie.clone()).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                eprintln!("{}", render::connect_failed(&server, &e.to_string()));
+                return Ok(FAILURE);
+            }
+        };
     plain::print_line(&render::connected());
 
-    let output = Arc::new(PlainOutput::detect(&config.own));
-    let mut session = Session::start(
-        connection,
-        &config.server.name,
-        config.nick,
-        Arc::clone(&output) as _,
-    );
+    // The line editor on a terminal, plain lines otherwise.
+    let front = FrontEnd::choose(&config.own, config.timestamps);
+    let mut session = if config.reconnect {
+        let redial = Redial {
+            target: config.server.clone(),
+            own: config.own.clone(),
+            cookie: config.cookie.clone(),
+            policy: ReconnectPolicy::default(),
+        };
+        Session::start_reconnecting(connection, config.nick, front.output(), redial)
+    } else {
+        Session::start(connection, &config.server.name, config.nick, front.output())
+    };
     let mut lost = session.lost_signal();
 
     match session.join().await {
@@ -75,6 +102,8 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             plain::print_line(&render::join_refused("no answer from the server"));
             return Ok(FAILURE);
         }
+        // Lost before the answer: the session has said so and joins again once back.
+        Ok(JoinOutcome::Disconnected) => {}
         Err(SessionError::Lost(why)) => {
             eprintln!("{}", render::connection_lost(&server, &why));
             return Ok(FAILURE);
@@ -87,10 +116,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         Lost(String),
         Interrupted,
     }
-    let stdin = BufReader::new(tokio::io::stdin());
     let end = tokio::select! {
         biased;
-        result = plain::run(stdin, &mut session, &output) => End::Done(result),
+        result = front.run(&mut session) => End::Done(result),
         why = lost.wait() => End::Lost(why),
         _ = tokio::signal::ctrl_c() => End::Interrupted,
     };
@@ -98,7 +126,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         End::Done(result) => result,
         End::Lost(why) => Err(SessionError::Lost(why)),
         End::Interrupted => {
-            output.end_prompt();
+            front.end_prompt();
             session.quit().await
         }
     };

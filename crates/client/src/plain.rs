@@ -1,10 +1,13 @@
 //! The plain REPL: read whole lines, hand each to the session, print plain text.
 //!
-//! This is what runs when standard input is a pipe or a file (scripts, tests), and, until
-//! a line editor takes over, on a terminal too. Lines are handled strictly in order; at
-//! the end of input the client leaves the room cleanly, as `/quit` does. On a terminal
-//! the prompt `<own node>> ` is shown; when standard output is a terminal as well, an
-//! incoming line first clears the prompt and then draws it again below itself.
+//! This is what runs when standard input is a pipe or a file (scripts, tests), or a
+//! terminal the line editor ([`crate::terminal`]) cannot drive (say `TERM=dumb`, or
+//! standard output redirected). Lines are handled strictly in order; at the end of input
+//! the client leaves the room cleanly, as `/quit` does. On a terminal the prompt
+//! `<own node>> ` is shown; when standard output is a terminal as well, an incoming line
+//! first clears the prompt and then draws it again below itself. Lines are decorated by
+//! a [`Style`]: timestamps with `--timestamps`, colours only when standard output is a
+//! terminal (never for a pipe) and `NO_COLOR` is unset.
 
 use std::io::{self, IsTerminal, Write};
 
@@ -12,8 +15,9 @@ use protocol::NodeName;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tracing::warn;
 
-use crate::render;
+use crate::render::{self, LineKind};
 use crate::session::{Flow, Output, Session, SessionError};
+use crate::style::Style;
 
 /// Clears the current terminal line: carriage return, then "erase to end of line".
 const CLEAR_LINE: &str = "\r\x1b[K";
@@ -23,13 +27,23 @@ const CLEAR_LINE: &str = "\r\x1b[K";
 pub struct PlainOutput {
     prompt: Option<String>,
     redraw: bool,
+    style: Style,
 }
 
 impl PlainOutput {
     /// An output with `prompt` (if any); `redraw` clears and re-draws the prompt around
     /// every line, which only makes sense when standard output is a terminal.
     pub fn new(prompt: Option<String>, redraw: bool) -> Self {
-        Self { prompt, redraw }
+        Self {
+            prompt,
+            redraw,
+            style: Style::default(),
+        }
+    }
+
+    /// The same output, decorating lines with `style` (colours, timestamps).
+    pub fn with_style(self, style: Style) -> Self {
+        Self { style, ..self }
     }
 
     /// The output this process should use: a prompt for `own` when standard input is a
@@ -56,16 +70,25 @@ impl PlainOutput {
             print_line("");
         }
     }
-}
 
-impl Output for PlainOutput {
-    fn line(&self, line: &str) {
+    /// Writes one finished line, around the prompt if there is one to redraw.
+    fn write(&self, line: &str) {
         let mut out = io::stdout().lock();
         let written = match (&self.prompt, self.redraw) {
             (Some(prompt), true) => write!(out, "{CLEAR_LINE}{line}\n{prompt}"),
             _ => writeln!(out, "{line}"),
         };
         let _ = written.and_then(|()| out.flush());
+    }
+}
+
+impl Output for PlainOutput {
+    fn line(&self, line: &str) {
+        self.write(&self.style.local(line));
+    }
+
+    fn incoming(&self, kind: LineKind, line: &str) {
+        self.write(&self.style.incoming(kind, line));
     }
 }
 

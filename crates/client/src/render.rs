@@ -198,6 +198,21 @@ pub fn connection_lost(server: &str, why: &str) -> String {
     format!("Connection to {server} lost: {why}")
 }
 
+/// The line for a connection that broke when the client will reconnect by itself.
+pub fn connection_lost_reconnecting(server: &str, why: &str) -> String {
+    format!("Connection to {server} lost: {why}; reconnecting...")
+}
+
+/// The line for a connection re-established after a loss.
+pub fn reconnected(server: &str) -> String {
+    format!("* Reconnected to {server} *")
+}
+
+/// The line for input that needs the server while the client is reconnecting.
+pub fn not_connected(server: &str) -> String {
+    format!("Not connected to {server} (reconnecting); not sent")
+}
+
 /// The prompt shown before each line typed on a terminal.
 pub fn prompt(own: &str) -> String {
     format!("{own}> ")
@@ -408,5 +423,18 @@ mod tests {
             "Connection to server@host lost: server shutting down"
         );
         assert_eq!(prompt("john@host"), "john@host> ");
+    }
+
+    #[test]
+    fn reconnect_lines() {
+        assert_eq!(
+            connection_lost_reconnecting(S, "server shutting down"),
+            "Connection to server@host lost: server shutting down; reconnecting..."
+        );
+        assert_eq!(reconnected(S), "* Reconnected to server@host *");
+        assert_eq!(
+            not_connected(S),
+            "Not connected to server@host (reconnecting); not sent"
+        );
     }
 }

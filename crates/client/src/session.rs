@@ -1,37 +1,34 @@
 //! The running session: what happens between "Connected" and exit.
 //!
-//! A session is two tasks and a front end:
+//! A session is a connection's two tasks (a *link*, in the private `link` module: the
+//! message handler, which prints everything the server sends, and the writer),
+//! optionally a reconnect task ([`crate::reconnect`]), and the [`Session`] front end the
+//! REPL drives: it turns [`Command`]s into messages, and waits for the answer to a join
+//! or a leave so that the join state it acts on is never stale.
 //!
-//! - the *message handler* reads every server message, answers pings, prints everything
-//!   else through an [`Output`] as it arrives, and keeps track of whether we are in the
-//!   room;
-//! - the *writer* drains a queue of outgoing messages into the socket, flushing once per
-//!   batch;
-//! - the [`Session`] front end is what the REPL drives: it turns [`Command`]s into
-//!   messages, and waits for the answer to a join or a leave so that the join state it
-//!   acts on is never stale.
-//!
-//! Replies and events share the stream but are separate variants, so the handler prints
-//! both as they come and only tells the front end about the replies it waits for. The
-//! front end does not know how lines are read: a plain reader and a line editor drive it
-//! alike through [`Session::handle_line`].
+//! Without reconnecting ([`Session::start`]), losing the connection ends the session:
+//! calls return [`SessionError::Lost`] and the [`LostSignal`] fires. With reconnecting
+//! ([`Session::start_reconnecting`]), the reconnect task reports the loss through the
+//! [`Output`] and swaps a new connection in underneath; meanwhile every line that needs
+//! the server prints `Not connected to <server> (reconnecting); not sent`, and `/quit`
+//! returns at once. The front end does not know how lines are read: a plain reader and a
+//! line editor drive it alike through [`Session::handle_line`].
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use protocol::limits::MAX_FRAME_LEN;
-use protocol::{ClientMessage, EventKind, NodeName, Reply, ServerMessage};
+use protocol::{ClientMessage, EventKind, NodeName};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::command::{self, Command};
-use crate::connect::{Connection, SessionStream};
+use crate::connect::Connection;
+use crate::link::{self, Context, Link, Outcome, Waited};
+use crate::reconnect::{self, Redial};
 use crate::render::{self, LineKind};
 
 /// How long the front end waits for the answer to a join or a leave (and, on quit, for
@@ -42,16 +39,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// message's envelope. (The server's own text limit is usually much lower and is
 /// reported back as a reply.)
 pub const MAX_SEND_TEXT: usize = MAX_FRAME_LEN - 1024;
-
-/// After a failed write, how long the message handler gets to read what the server sent
-/// before closing (typically the reason it closed) before the write error is reported.
-const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(2);
-
-/// Added to four server ticks before a silent server counts as gone.
-const IDLE_GRACE: Duration = Duration::from_secs(2);
-
-/// Outgoing messages queued for the writer before senders wait.
-const OUTGOING_QUEUE: usize = 64;
 
 /// Where the session's output lines go. The plain REPL prints them to standard output;
 /// a line editor prints them above the line being typed.
@@ -86,12 +73,13 @@ impl Members {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn replace(&self, users: &[String]) {
+    /// Replaces the whole list (a join answer, a `/users` answer, leaving).
+    pub(crate) fn replace(&self, users: &[String]) {
         *self.lock() = users.iter().cloned().collect();
     }
 
     /// Follows one room event.
-    fn follow(&self, event: &EventKind) {
+    pub(crate) fn follow(&self, event: &EventKind) {
         match event {
             EventKind::Joined { nick } => {
                 self.lock().insert(nick.clone());
@@ -122,6 +110,10 @@ pub enum JoinOutcome {
     Refused(String),
     /// The server did not answer within [`CALL_TIMEOUT`].
     NoAnswer,
+    /// A reconnecting session is not connected: the join was not sent (and that has
+    /// been printed), or the connection was lost before the answer (and the reconnect
+    /// task joins again once it is back).
+    Disconnected,
 }
 
 /// Why a session ended against the user's will.
@@ -132,112 +124,122 @@ pub enum SessionError {
     Lost(String),
 }
 
-/// Resolves when the connection is lost, with the reason. Cheap to clone, so a REPL can
-/// wait on it while it reads input.
+/// Resolves when the session has lost its server for good, with the reason. A
+/// reconnecting session never loses it for good. Cheap to clone, so a REPL can wait on it
+/// while it reads input.
 #[derive(Debug, Clone)]
 pub struct LostSignal(watch::Receiver<Option<String>>);
 
 impl LostSignal {
-    /// Waits until the connection is lost and returns why.
+    /// Waits until the connection is lost for good and returns why.
     pub async fn wait(&mut self) -> String {
         match self.0.wait_for(Option::is_some).await {
             Ok(why) => why.clone().unwrap_or_default(),
-            Err(_) => "the connection handler stopped".to_string(),
+            // Closed without a reason: the session was closed on purpose (or reconnects
+            // and never loses the server for good). Nothing to report, ever.
+            Err(_) => std::future::pending().await,
         }
     }
 }
 
-/// Replies the front end waits for, passed on by the handler after printing them.
-#[derive(Debug)]
-enum Outcome {
-    Joined,
-    JoinRefused(String),
-    Left,
-}
-
-/// State shared by the front end and the two tasks.
-struct Shared {
+/// State shared by the front end, the message handlers and the reconnect task.
+pub(crate) struct Shared {
     /// Whether the server last told us we are in the room.
-    joined: AtomicBool,
+    pub(crate) joined: AtomicBool,
+    /// Whether the user wants to be in the room: set on asking to join (and on being
+    /// in), cleared on leaving or being refused. Decides whether a reconnect rejoins.
+    pub(crate) wants_room: AtomicBool,
     /// Set while leaving to exit: the final `Left` prints nothing.
-    quitting: AtomicBool,
-    /// The first reason the connection broke, if it did.
-    lost: watch::Sender<Option<String>>,
+    pub(crate) quitting: AtomicBool,
     /// Who is in the room.
-    members: Members,
+    pub(crate) members: Members,
 }
 
-impl Shared {
-    /// Records why the connection broke; the first reason wins.
-    fn report_lost(&self, why: String) {
-        self.lost.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(why);
-                true
-            } else {
-                false
-            }
-        });
-    }
+/// The reconnect task and what it hands over.
+struct Reconnecting {
+    /// New links, oldest first.
+    links: mpsc::UnboundedReceiver<Link>,
+    task: JoinHandle<()>,
 }
 
 /// A connected session: the front end the REPL drives.
 pub struct Session {
     nick: String,
+    server: String,
     output: Arc<dyn Output>,
-    /// `None` once the session is closed.
-    outgoing: Option<mpsc::Sender<ClientMessage>>,
-    outcomes: mpsc::UnboundedReceiver<Outcome>,
     shared: Arc<Shared>,
+    /// The connection calls go through; `None` once closed, or while reconnecting.
+    link: Option<Link>,
+    /// Whether losing the connection is survived (the session was started reconnecting).
+    reconnects: bool,
+    /// The reconnect task; `None` without reconnecting and once quitting.
+    reconnecting: Option<Reconnecting>,
+    /// Holds the lost reason once the server is lost for good.
     lost: watch::Receiver<Option<String>>,
-    handler: JoinHandle<()>,
-    writer: Option<JoinHandle<()>>,
 }
 
 impl Session {
     /// Starts the message handler and the writer on `connection` to `server`; `nick` is
-    /// what [`Session::join`] asks for. Must be called inside a tokio runtime.
+    /// what [`Session::join`] asks for. Losing the connection ends the session. Must be
+    /// called inside a tokio runtime.
     pub fn start(
         connection: Connection,
         server: &NodeName,
         nick: String,
         output: Arc<dyn Output>,
     ) -> Self {
-        let (sink, stream) = connection.stream.split();
-        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
-        let (outcome_tx, outcomes) = mpsc::unbounded_channel();
-        let (lost_tx, lost) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            joined: AtomicBool::new(false),
-            quitting: AtomicBool::new(false),
-            lost: lost_tx,
-            members: Members::default(),
-        });
-        let writer = tokio::spawn(write_loop(sink, queue, Arc::clone(&shared)));
-        let handler = Handler {
-            server: server.to_string(),
-            output: Arc::clone(&output),
-            pongs: outgoing.downgrade(),
-            outcomes: outcome_tx,
-            shared: Arc::clone(&shared),
-            // The server pings us every tick and gives up on a peer after four silent
-            // ticks; we do the same, with some grace for a busy machine.
-            idle_limit: connection.tick.map(|tick| tick * 4 + IDLE_GRACE),
-        };
-        let handler = tokio::spawn(handler.run(stream));
+        let context = new_context(server, output);
+        let (link, _watch) = link::start(connection, &context);
+        let lost = link.lost_receiver();
+        Self::new(nick, context, link, lost, None)
+    }
+
+    /// Like [`Session::start`], but a lost connection is reported and replaced: the
+    /// session reconnects as `redial` says (to `redial.target`) and rejoins with `nick`
+    /// if it was in the room. Must be called inside a tokio runtime.
+    pub fn start_reconnecting(
+        connection: Connection,
+        nick: String,
+        output: Arc<dyn Output>,
+        redial: Redial,
+    ) -> Self {
+        let context = new_context(&redial.target.name, output);
+        let (link, watch) = link::start(connection, &context);
+        let (links_tx, links) = mpsc::unbounded_channel();
+        let task = tokio::spawn(reconnect::supervise(
+            redial,
+            nick.clone(),
+            context.clone(),
+            watch,
+            links_tx,
+        ));
+        // Never set: a reconnecting session does not lose its server for good.
+        let (_, lost) = watch::channel(None);
+        let reconnecting = Reconnecting { links, task };
+        Self::new(nick, context, link, lost, Some(reconnecting))
+    }
+
+    fn new(
+        nick: String,
+        context: Context,
+        link: Link,
+        lost: watch::Receiver<Option<String>>,
+        reconnecting: Option<Reconnecting>,
+    ) -> Self {
         Self {
             nick,
-            output,
-            outgoing: Some(outgoing),
-            outcomes,
-            shared,
+            server: context.server,
+            output: context.output,
+            shared: context.shared,
+            link: Some(link),
+            reconnects: reconnecting.is_some(),
+            reconnecting,
             lost,
-            handler,
-            writer: Some(writer),
         }
     }
 
-    /// A signal that resolves when the connection is lost.
+    /// A signal that resolves when the server is lost for good (never, for a
+    /// reconnecting session).
     pub fn lost_signal(&self) -> LostSignal {
         LostSignal(self.lost.clone())
     }
@@ -250,6 +252,13 @@ impl Session {
     /// Whether the server last told us we are in the room.
     pub fn is_joined(&self) -> bool {
         self.shared.joined.load(Ordering::SeqCst)
+    }
+
+    /// Whether the session has a connection it believes alive; false while a
+    /// reconnecting session is reconnecting, and once closed.
+    pub fn is_connected(&mut self) -> bool {
+        self.refresh();
+        self.link.as_ref().is_some_and(|link| !link.is_lost())
     }
 
     /// Parses and carries out one line of input. Malformed commands print their error
@@ -265,7 +274,8 @@ impl Session {
         }
     }
 
-    /// Carries out one command.
+    /// Carries out one command. While a reconnecting session is down, commands that
+    /// need the server print that they were not sent.
     pub async fn execute(&mut self, command: Command) -> Result<Flow, SessionError> {
         match command {
             Command::Help => {
@@ -273,6 +283,11 @@ impl Session {
                     self.output.line(&line);
                 }
             }
+            Command::Quit => {
+                self.quit().await?;
+                return Ok(Flow::Quit);
+            }
+            _ if self.reconnects && !self.is_connected() => self.not_sent(),
             Command::Join => {
                 if self.join().await? == JoinOutcome::NoAnswer {
                     warn!("no answer to /join within {} s", CALL_TIMEOUT.as_secs());
@@ -282,10 +297,6 @@ impl Session {
             Command::Users => self.users().await?,
             Command::Private { to, text } => self.private(to, text).await?,
             Command::Say(text) => self.say(text).await?,
-            Command::Quit => {
-                self.quit().await?;
-                return Ok(Flow::Quit);
-            }
         }
         Ok(Flow::Continue)
     }
@@ -293,16 +304,23 @@ impl Session {
     /// Asks to join the room and waits for the answer; the handler has printed the
     /// banner or the refusal by the time this returns.
     pub async fn join(&mut self) -> Result<JoinOutcome, SessionError> {
-        self.drain_outcomes();
+        self.refresh();
+        if let Some(link) = &mut self.link {
+            link.drain_outcomes();
+        }
         let nick = self.nick.clone();
-        self.send(ClientMessage::Join { nick }).await?;
-        let outcome = self
+        if !self.send_now(ClientMessage::Join { nick }).await? {
+            return Ok(JoinOutcome::Disconnected);
+        }
+        self.shared.wants_room.store(true, Ordering::SeqCst);
+        let waited = self
             .wait_for(|o| matches!(o, Outcome::Joined | Outcome::JoinRefused(_)))
             .await?;
-        Ok(match outcome {
-            Some(Outcome::Joined) => JoinOutcome::Joined,
-            Some(Outcome::JoinRefused(reason)) => JoinOutcome::Refused(reason),
-            Some(Outcome::Left) | None => JoinOutcome::NoAnswer,
+        Ok(match waited {
+            Waited::Got(Outcome::Joined) => JoinOutcome::Joined,
+            Waited::Got(Outcome::JoinRefused(reason)) => JoinOutcome::Refused(reason),
+            Waited::Got(Outcome::Left) | Waited::TimedOut => JoinOutcome::NoAnswer,
+            Waited::Closed => JoinOutcome::Disconnected,
         })
     }
 
@@ -333,36 +351,40 @@ impl Session {
 
     /// Asks who is in the room; the handler prints the answer.
     pub async fn users(&mut self) -> Result<(), SessionError> {
-        self.send(ClientMessage::ListUsers).await
+        self.send(ClientMessage::ListUsers).await.map(drop)
     }
 
     /// Leaves the room if in it, waiting (at most [`CALL_TIMEOUT`]) for the confirmation,
-    /// so that every earlier reply has been printed; then closes the connection.
+    /// so that every earlier reply has been printed; then closes the connection. A
+    /// reconnecting session stops reconnecting first, and returns at once when it is
+    /// not connected.
     pub async fn quit(&mut self) -> Result<(), SessionError> {
         self.shared.quitting.store(true, Ordering::SeqCst);
-        if self.outgoing.is_some() && self.is_joined() {
+        if let Some(reconnecting) = &self.reconnecting {
+            reconnecting.task.abort();
+        }
+        // Take a link handed over just before the task stopped.
+        self.refresh();
+        self.reconnecting = None;
+        if self.link.is_some() && self.is_joined() {
             self.leave_and_wait().await?;
         }
-        // We are done reading: what the server does once we hang up is not news.
-        self.handler.abort();
-        // Dropping the queue's sender lets the writer flush and shut the socket down.
-        self.outgoing = None;
-        if let Some(writer) = self.writer.take()
-            && timeout(CALL_TIMEOUT, writer).await.is_err()
-        {
-            debug!("the writer did not finish closing the connection in time");
+        if let Some(mut link) = self.link.take() {
+            link.close().await;
         }
         Ok(())
     }
 
     async fn leave_and_wait(&mut self) -> Result<(), SessionError> {
-        self.drain_outcomes();
-        self.send(ClientMessage::Leave).await?;
-        if self
-            .wait_for(|o| matches!(o, Outcome::Left))
-            .await?
-            .is_none()
-        {
+        self.refresh();
+        if let Some(link) = &mut self.link {
+            link.drain_outcomes();
+        }
+        if !self.send_now(ClientMessage::Leave).await? {
+            return Ok(());
+        }
+        self.shared.wants_room.store(false, Ordering::SeqCst);
+        if let Waited::TimedOut = self.wait_for(|o| matches!(o, Outcome::Left)).await? {
             warn!(
                 "no answer to leaving the room within {} s",
                 CALL_TIMEOUT.as_secs()
@@ -381,181 +403,94 @@ impl Session {
         }
     }
 
-    async fn send(&self, msg: ClientMessage) -> Result<(), SessionError> {
-        let Some(outgoing) = &self.outgoing else {
+    /// Takes the newest link the reconnect task handed over, and lets go of a link
+    /// that is lost (only when reconnecting: otherwise its loss ends the session).
+    fn refresh(&mut self) {
+        let Some(reconnecting) = &mut self.reconnecting else {
+            return;
+        };
+        while let Ok(link) = reconnecting.links.try_recv() {
+            self.link = Some(link);
+        }
+        if self.link.as_ref().is_some_and(Link::is_lost) {
+            self.link = None;
+        }
+    }
+
+    /// Sends `msg` on the newest link; whether it was sent (see [`Session::send_now`]).
+    async fn send(&mut self, msg: ClientMessage) -> Result<bool, SessionError> {
+        self.refresh();
+        self.send_now(msg).await
+    }
+
+    /// Sends `msg` on the current link. `Ok(false)` when a reconnecting session is not
+    /// connected, which has been printed; an error when the connection is gone for good.
+    async fn send_now(&mut self, msg: ClientMessage) -> Result<bool, SessionError> {
+        let Some(link) = &self.link else {
+            if self.reconnects && self.reconnecting.is_some() {
+                self.not_sent();
+                return Ok(false);
+            }
             return Err(SessionError::Lost("the session is closed".to_string()));
         };
-        match outgoing.send(msg).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(self.wait_lost().await),
+        if link.send(msg).await.is_ok() {
+            return Ok(true);
+        }
+        if self.reconnects {
+            self.link = None;
+            // Not while quitting: then nothing is reconnecting.
+            if self.reconnecting.is_some() {
+                self.not_sent();
+            }
+            Ok(false)
+        } else {
+            Err(SessionError::Lost(link.lost_reason().await))
         }
     }
 
-    /// Forgets answers that arrived after their waiter gave up.
-    fn drain_outcomes(&mut self) {
-        while let Ok(stale) = self.outcomes.try_recv() {
-            debug!(?stale, "discarding a late answer");
-        }
-    }
-
-    /// Waits for the first outcome that `wanted` accepts. `Ok(None)` on timeout; an
-    /// error when the handler has stopped because the connection is gone.
+    /// Waits on the current link for the answer `wanted` accepts. `Waited::Closed` only
+    /// when reconnecting; otherwise a closed connection is an error.
     async fn wait_for(
         &mut self,
         wanted: impl Fn(&Outcome) -> bool,
-    ) -> Result<Option<Outcome>, SessionError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        loop {
-            match timeout_at(deadline, self.outcomes.recv()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => return Err(self.wait_lost().await),
-                Ok(Some(outcome)) if wanted(&outcome) => return Ok(Some(outcome)),
-                Ok(Some(other)) => debug!(?other, "ignoring an answer nobody waits for"),
-            }
+    ) -> Result<Waited, SessionError> {
+        let Some(link) = &mut self.link else {
+            return Ok(Waited::Closed);
+        };
+        match link.wait_for(wanted).await {
+            Waited::Closed if !self.reconnects => Err(SessionError::Lost(link.lost_reason().await)),
+            waited => Ok(waited),
         }
     }
 
-    /// The error for a connection that is gone, once the handler (or the writer) has
-    /// said why.
-    async fn wait_lost(&self) -> SessionError {
-        let mut lost = self.lost_signal();
-        let why = timeout(WRITE_FAILURE_GRACE * 2, lost.wait()).await;
-        SessionError::Lost(why.unwrap_or_else(|_| "the connection closed".to_string()))
+    /// Tells the user a line was not sent because the session is reconnecting.
+    fn not_sent(&self) {
+        self.output.line(&render::not_connected(&self.server));
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.handler.abort();
+        if let Some(reconnecting) = &self.reconnecting {
+            reconnecting.task.abort();
+        }
+        if let Some(link) = &self.link {
+            link.abort();
+        }
     }
 }
 
-/// The message handler task's state.
-struct Handler {
-    server: String,
-    output: Arc<dyn Output>,
-    /// Weak, so the writer ends (and closes the socket) when the front end lets go.
-    pongs: mpsc::WeakSender<ClientMessage>,
-    outcomes: mpsc::UnboundedSender<Outcome>,
-    shared: Arc<Shared>,
-    idle_limit: Option<Duration>,
-}
-
-impl Handler {
-    /// Handles messages until the connection ends, then reports why. Dropping `self`
-    /// afterwards wakes a front end waiting for an answer.
-    async fn run(self, mut stream: SplitStream<SessionStream>) {
-        let why = self.read_loop(&mut stream).await;
-        debug!(why, "message handler stopped");
-        self.shared.report_lost(why);
-    }
-
-    async fn read_loop(&self, stream: &mut SplitStream<SessionStream>) -> String {
-        loop {
-            let next = match self.idle_limit {
-                Some(limit) => match timeout(limit, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        return format!(
-                            "timed out (nothing heard from the server for {} s)",
-                            limit.as_secs_f64()
-                        );
-                    }
-                },
-                None => stream.next().await,
-            };
-            let msg = match next {
-                None => return "the server closed the connection".to_string(),
-                Some(Err(e)) => return e.to_string(),
-                Some(Ok(msg)) => msg,
-            };
-            match msg {
-                ServerMessage::Ping => self.pong(),
-                ServerMessage::Pong => {}
-                ServerMessage::Closing { reason } => return reason.describe().to_string(),
-                ServerMessage::Event(event) => {
-                    self.shared.members.follow(&event.kind);
-                    let line = render::event(&self.server, &event.kind);
-                    self.output.incoming(render::event_kind(&event.kind), &line);
-                }
-                ServerMessage::Reply(reply) => self.on_reply(reply),
-            }
-        }
-    }
-
-    /// Answers a tick. Never waits: if the queue is full, we are sending anyway, and
-    /// that keeps the connection alive just as well.
-    fn pong(&self) {
-        if let Some(outgoing) = self.pongs.upgrade()
-            && outgoing.try_send(ClientMessage::Pong).is_err()
-        {
-            debug!("outgoing queue full; skipping a pong");
-        }
-    }
-
-    /// Prints a reply, updates the join state, and tells a waiting front end.
-    fn on_reply(&self, reply: Reply) {
-        let quitting = self.shared.quitting.load(Ordering::SeqCst);
-        let kind = render::reply_kind(&reply);
-        for line in render::reply(&self.server, &reply, quitting) {
-            self.output.incoming(kind, &line);
-        }
-        match &reply {
-            Reply::Joined { users } | Reply::Users { users } => self.shared.members.replace(users),
-            Reply::Left => self.shared.members.replace(&[]),
-            _ => {}
-        }
-        let outcome = match &reply {
-            Reply::Joined { .. } => {
-                self.shared.joined.store(true, Ordering::SeqCst);
-                Outcome::Joined
-            }
-            Reply::Left => {
-                self.shared.joined.store(false, Ordering::SeqCst);
-                Outcome::Left
-            }
-            other => match render::join_refusal_reason(other) {
-                Some(reason) => Outcome::JoinRefused(reason),
-                None => return,
-            },
-        };
-        // Nobody may be waiting (the front end gave up); that is fine.
-        let _ = self.outcomes.send(outcome);
-    }
-}
-
-/// The writer task: sends queued messages, flushing once per batch, until the front end
-/// drops the queue; then closes the socket. A failed write is reported as the reason
-/// the connection was lost only if the handler has not found a better one in time.
-async fn write_loop(
-    mut sink: SplitSink<SessionStream, ClientMessage>,
-    mut queue: mpsc::Receiver<ClientMessage>,
-    shared: Arc<Shared>,
-) {
-    let sent = async {
-        while let Some(msg) = queue.recv().await {
-            sink.feed(msg).await?;
-            while let Ok(more) = queue.try_recv() {
-                sink.feed(more).await?;
-            }
-            sink.flush().await?;
-        }
-        Ok::<_, protocol::CodecError>(())
-    }
-    .await;
-    match sent {
-        Ok(()) => {
-            if let Err(e) = sink.close().await {
-                debug!(error = %e, "closing the connection failed");
-            }
-        }
-        Err(e) => {
-            // The server may have closed the connection on purpose and said why; that
-            // reason, and everything before it, is still to be read by the handler.
-            debug!(error = %e, "writing to the server failed");
-            tokio::time::sleep(WRITE_FAILURE_GRACE).await;
-            shared.report_lost(e.to_string());
-        }
+/// The state every link of a new session shares.
+fn new_context(server: &NodeName, output: Arc<dyn Output>) -> Context {
+    Context {
+        server: server.to_string(),
+        output,
+        shared: Arc::new(Shared {
+            joined: AtomicBool::new(false),
+            wants_room: AtomicBool::new(false),
+            quitting: AtomicBool::new(false),
+            members: Members::default(),
+        }),
     }
 }
 

@@ -4,118 +4,21 @@
 //! The real `chat-server` is exercised by the workspace's integration tests; here the
 //! server is a few lines of script, so each test controls exactly what the client sees.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use chat_client::connect::{self, ConnectError, ServerTarget};
 use chat_client::plain::{self, PlainOutput};
-use chat_client::session::{JoinOutcome, Output, Session, SessionError};
-use futures_util::{SinkExt, StreamExt};
-use protocol::handshake::ServerStep;
-use protocol::{
-    ClientMessage, Cookie, Event, EventKind, HandshakeMessage, LeaveReason, MessageCodec, NodeName,
-    Reply, ServerHandshake, ServerMessage,
-};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use chat_client::session::{Session, SessionError};
+use common::{LIMIT, Lines, Mode, ServerSide, accept, connect_client, listen, next};
+use futures_util::SinkExt;
+use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
 
-const LIMIT: Duration = Duration::from_secs(5);
-
-type ServerSide = Framed<TcpStream, MessageCodec<ClientMessage>>;
-
-/// Collects output lines.
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-impl Output for Lines {
-    fn line(&self, line: &str) {
-        self.0.lock().unwrap().push(line.to_string());
-    }
-}
-
-impl Lines {
-    fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn server_name() -> NodeName {
-    NodeName::parse_long("server@127.0.0.1").unwrap()
-}
-
-/// Accepts one client and authenticates it with `cookie`; `None` if the handshake failed.
-async fn accept(listener: &TcpListener, cookie: &str) -> Option<ServerSide> {
-    let (mut tcp, _) = listener.accept().await.unwrap();
-    let mut preamble = [0u8; 4];
-    tcp.read_exact(&mut preamble).await.unwrap();
-    assert_eq!(preamble, protocol::PREAMBLE);
-    let mut framed = Framed::new(tcp, MessageCodec::<HandshakeMessage>::new());
-    let mut machine = ServerHandshake::new(server_name(), Cookie::new(cookie).unwrap(), 60_000);
-    loop {
-        let msg = framed.next().await.unwrap().unwrap();
-        match machine.on_message(msg) {
-            ServerStep::Send(reply) => framed.send(reply).await.unwrap(),
-            ServerStep::Accept { reply, .. } => {
-                framed.send(reply).await.unwrap();
-                return Some(framed.map_codec(|_| MessageCodec::new()));
-            }
-            ServerStep::Refuse { reply, .. } => {
-                framed.send(reply).await.unwrap();
-                return None;
-            }
-        }
-    }
-}
-
-async fn next(server: &mut ServerSide) -> Option<ClientMessage> {
-    timeout(LIMIT, server.next())
-        .await
-        .expect("the client said nothing")
-        .map(|msg| msg.unwrap())
-}
-
-async fn listen() -> (TcpListener, ServerTarget) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let target = format!("server@127.0.0.1:{port}").parse().unwrap();
-    (listener, target)
-}
-
-async fn connect_client(
-    target: &ServerTarget,
-    cookie: &str,
-) -> Result<connect::Connection, ConnectError> {
-    let own = NodeName::parse_long("ann@127.0.0.1").unwrap();
-    connect::connect(target, &own, Cookie::new(cookie).unwrap()).await
-}
-
-/// Starts a joined session; returns it, the server's side and the output.
+/// Starts a session that does not reconnect, joined as `ann`.
 async fn joined_session() -> (Session, ServerSide, Arc<Lines>) {
     let (listener, target) = listen().await;
-    let (server, connection) = tokio::join!(accept(&listener, "c"), connect_client(&target, "c"));
-    let mut server = server.unwrap();
-    let lines = Arc::new(Lines::default());
-    let mut session = Session::start(
-        connection.unwrap(),
-        &server_name(),
-        "ann".into(),
-        Arc::clone(&lines) as _,
-    );
-    let script = async {
-        assert_eq!(
-            next(&mut server).await,
-            Some(ClientMessage::Join { nick: "ann".into() })
-        );
-        let joined = Reply::Joined {
-            users: vec!["ann".into(), "bob".into()],
-        };
-        server.send(ServerMessage::Reply(joined)).await.unwrap();
-    };
-    let (outcome, ()) = tokio::join!(session.join(), script);
-    assert_eq!(outcome, Ok(JoinOutcome::Joined));
-    (session, server, lines)
+    common::joined_session(&listener, &target, Mode::Once).await
 }
 
 #[tokio::test]
@@ -131,6 +34,7 @@ async fn wrong_cookie_is_not_allowed() {
 #[tokio::test]
 async fn session_prints_answers_pings_and_quits_cleanly() {
     let (mut session, mut server, lines) = joined_session().await;
+    let mut lost = session.lost_signal();
     assert_eq!(
         lines.all(),
         [
@@ -182,6 +86,9 @@ async fn session_prints_answers_pings_and_quits_cleanly() {
     };
     let (quit, ()) = tokio::join!(client, script);
     assert_eq!(quit, Ok(()));
+    // Hanging up on purpose is not losing the server, not even a moment later.
+    let lost = timeout(Duration::from_millis(100), lost.wait()).await;
+    assert!(lost.is_err(), "{lost:?}");
     let all = lines.all();
     assert!(
         all.contains(&"server@127.0.0.1> bob: hi\u{FFFD}[2J".to_string()),

@@ -1,0 +1,44 @@
+//! The terminal's mode (termios) as it was before the line editor started, so that it can
+//! be put back if the process exits while the editor has the terminal in raw mode (for
+//! example when the connection is lost with `--no-reconnect` in the middle of a line).
+//!
+//! rustyline restores the mode itself whenever `readline` returns; this is only for the
+//! exit that does not wait for it.
+
+use std::io::{self, Write};
+
+/// Turns off bracketed paste (which the editor turns on), then clears the current line.
+const LEAVE_EDITOR_LINE: &str = "\x1b[?2004l\r\x1b[K";
+
+/// Standard input's terminal mode, saved.
+pub(crate) struct SavedMode(libc::termios);
+
+impl SavedMode {
+    /// Saves standard input's mode; `None` if it is not a terminal.
+    pub(crate) fn save() -> Option<Self> {
+        // SAFETY: `termios` is a plain C struct for which all-zero bytes are valid;
+        // `tcgetattr` only writes into it and reports failure by its return value.
+        unsafe {
+            let mut mode: libc::termios = std::mem::zeroed();
+            (libc::tcgetattr(libc::STDIN_FILENO, &mut mode) == 0).then_some(Self(mode))
+        }
+    }
+
+    /// Puts the saved mode back (a no-op when it is already in force).
+    pub(crate) fn restore(&self) {
+        // SAFETY: `self.0` was filled in by a successful `tcgetattr` and is only read.
+        let rc = unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0) };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot restore the terminal mode");
+        }
+    }
+}
+
+/// Removes the editor's prompt and half-typed line from the screen, for output that
+/// follows once nobody redraws them.
+pub(crate) fn clear_editor_line() {
+    let mut out = io::stdout().lock();
+    let _ = out
+        .write_all(LEAVE_EDITOR_LINE.as_bytes())
+        .and_then(|()| out.flush());
+}

@@ -1,0 +1,210 @@
+//! A scripted in-process server and an output that records lines, shared by the client
+//! library's tests.
+//!
+//! Each test drives the server side by hand (accept, handshake, then exact messages), so
+//! it controls exactly what the client sees, and waits for the client's output lines
+//! instead of sleeping.
+
+// Each test file uses its own subset of the helpers.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_client::connect::{self, ConnectError, ServerTarget};
+use chat_client::reconnect::{ReconnectPolicy, Redial};
+use chat_client::session::{JoinOutcome, Output, Session};
+use futures_util::{SinkExt, StreamExt};
+use protocol::handshake::ServerStep;
+use protocol::{
+    ClientMessage, Cookie, HandshakeMessage, MessageCodec, NodeName, Reply, ServerHandshake,
+    ServerMessage,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+/// How long a test waits for anything before failing.
+pub const LIMIT: Duration = Duration::from_secs(5);
+
+/// The cookie both sides use unless a test says otherwise.
+pub const COOKIE: &str = "c";
+
+/// The server's side of a session.
+pub type ServerSide = Framed<TcpStream, MessageCodec<ClientMessage>>;
+
+/// Records output lines, and lets a test wait for one.
+pub struct Lines(watch::Sender<Vec<String>>);
+
+impl Default for Lines {
+    fn default() -> Self {
+        Self(watch::channel(Vec::new()).0)
+    }
+}
+
+impl Output for Lines {
+    fn line(&self, line: &str) {
+        self.0.send_modify(|lines| lines.push(line.to_string()));
+    }
+}
+
+impl Lines {
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Waits until `line` has been shown; fails the test after [`LIMIT`].
+    pub async fn wait_for(&self, line: &str) {
+        let mut rx = self.0.subscribe();
+        let seen = timeout(LIMIT, rx.wait_for(|lines| lines.iter().any(|l| l == line))).await;
+        assert!(
+            matches!(seen, Ok(Ok(_))),
+            "never saw {line:?}; lines: {:#?}",
+            self.all()
+        );
+    }
+
+    /// The lines shown after the first occurrence of `line` (empty if it was not shown).
+    pub fn after(&self, line: &str) -> Vec<String> {
+        let all = self.all();
+        match all.iter().position(|l| l == line) {
+            Some(i) => all[i + 1..].to_vec(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The fake server's node name.
+pub fn server_name() -> NodeName {
+    NodeName::parse_long("server@127.0.0.1").unwrap()
+}
+
+/// The client's node name.
+pub fn own_name() -> NodeName {
+    NodeName::parse_long("ann@127.0.0.1").unwrap()
+}
+
+/// Accepts one client and authenticates it with `cookie`; `None` if the handshake failed.
+pub async fn accept(listener: &TcpListener, cookie: &str) -> Option<ServerSide> {
+    let (mut tcp, _) = timeout(LIMIT, listener.accept())
+        .await
+        .expect("the client did not connect")
+        .unwrap();
+    let mut preamble = [0u8; 4];
+    tcp.read_exact(&mut preamble).await.unwrap();
+    assert_eq!(preamble, protocol::PREAMBLE);
+    let mut framed = Framed::new(tcp, MessageCodec::<HandshakeMessage>::new());
+    let mut machine = ServerHandshake::new(server_name(), Cookie::new(cookie).unwrap(), 60_000);
+    loop {
+        let msg = framed.next().await.unwrap().unwrap();
+        match machine.on_message(msg) {
+            ServerStep::Send(reply) => framed.send(reply).await.unwrap(),
+            ServerStep::Accept { reply, .. } => {
+                framed.send(reply).await.unwrap();
+                return Some(framed.map_codec(|_| MessageCodec::new()));
+            }
+            ServerStep::Refuse { reply, .. } => {
+                framed.send(reply).await.unwrap();
+                return None;
+            }
+        }
+    }
+}
+
+/// The next message from the client; `None` when it closed the connection.
+pub async fn next(server: &mut ServerSide) -> Option<ClientMessage> {
+    timeout(LIMIT, server.next())
+        .await
+        .expect("the client said nothing")
+        .map(|msg| msg.unwrap())
+}
+
+/// Sends `msg` to the client.
+pub async fn send(server: &mut ServerSide, msg: ServerMessage) {
+    server.send(msg).await.unwrap();
+}
+
+/// Expects the client to join as `nick` and answers with `answer`.
+pub async fn answer_join(server: &mut ServerSide, nick: &str, answer: Reply) {
+    assert_eq!(
+        next(server).await,
+        Some(ClientMessage::Join { nick: nick.into() })
+    );
+    send(server, ServerMessage::Reply(answer)).await;
+}
+
+/// The reply to a successful join with `users` in the room.
+pub fn joined(users: &[&str]) -> Reply {
+    Reply::Joined {
+        users: users.iter().map(|u| u.to_string()).collect(),
+    }
+}
+
+/// A listener on an ephemeral port and the target naming it.
+pub async fn listen() -> (TcpListener, ServerTarget) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let target = format!("server@127.0.0.1:{port}").parse().unwrap();
+    (listener, target)
+}
+
+/// Connects as `ann@127.0.0.1` with `cookie`.
+pub async fn connect_client(
+    target: &ServerTarget,
+    cookie: &str,
+) -> Result<connect::Connection, ConnectError> {
+    connect::connect(target, &own_name(), Cookie::new(cookie).unwrap()).await
+}
+
+/// Short waits, so that reconnect tests run quickly.
+pub fn quick_policy() -> ReconnectPolicy {
+    ReconnectPolicy {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+        jitter: 0.2,
+    }
+}
+
+/// How a test session is started.
+pub enum Mode {
+    /// [`Session::start`]: losing the server ends the session.
+    Once,
+    /// [`Session::start_reconnecting`] with this policy.
+    Reconnect(ReconnectPolicy),
+}
+
+/// Connects a session as `ann` to `target` (served by `listener`) and joins the room
+/// with `ann, bob` in it; returns the session, the server's side and the output.
+pub async fn joined_session(
+    listener: &TcpListener,
+    target: &ServerTarget,
+    mode: Mode,
+) -> (Session, ServerSide, Arc<Lines>) {
+    let (server, connection) =
+        tokio::join!(accept(listener, COOKIE), connect_client(target, COOKIE));
+    let mut server = server.unwrap();
+    let connection = connection.unwrap();
+    let lines = Arc::new(Lines::default());
+    let output = Arc::clone(&lines) as _;
+    let mut session = match mode {
+        Mode::Once => Session::start(connection, &server_name(), "ann".into(), output),
+        Mode::Reconnect(policy) => {
+            let redial = Redial {
+                target: target.clone(),
+                own: own_name(),
+                cookie: Cookie::new(COOKIE).unwrap(),
+                policy,
+            };
+            Session::start_reconnecting(connection, "ann".into(), output, redial)
+        }
+    };
+    let (outcome, ()) = tokio::join!(
+        session.join(),
+        answer_join(&mut server, "ann", joined(&["ann", "bob"]))
+    );
+    assert_eq!(outcome, Ok(JoinOutcome::Joined));
+    (session, server, lines)
+}
