@@ -23,6 +23,13 @@
 //!   --name N-k@localhost --cookie ... --no-reconnect` with stdin piped (the plain line
 //!   mode) and wait for the join banner. Names are `x@localhost`, so the machine's host
 //!   name does not matter.
+//! - [`pty::Pty`] and [`nodes::PtyClient`]: the real `chat-client` in a pseudo-terminal
+//!   (portable-pty; 100x30, `TERM=xterm`, `NO_COLOR=1` unless removed), its output fed
+//!   to a terminal emulator (vt100) so that tests assert on the *screen*: printed lines
+//!   (rows above the cursor, wrapped rows joined, scrollback included), the line being
+//!   edited and the cursor, the colours of cells. Keys are typed as a terminal sends
+//!   them ([`pty::keys`]). [`Ctx::join_pty`] / [`nodes::ClientBuilder::join_pty`] start
+//!   one and wait for its banner and empty prompt. Dropping it kills the child.
 //! - [`raw::RawClient`]: a client built on the `protocol` crate (tokio socket, preamble,
 //!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
 //!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
@@ -45,10 +52,12 @@ pub mod bins;
 pub mod net;
 pub mod nodes;
 pub mod process;
+pub mod pty;
 pub mod raw;
 
-pub use nodes::{COOKIE, Client, Ctx, Mapper, Server, TempDir};
+pub use nodes::{COOKIE, Client, Ctx, Mapper, PtyClient, Server, TempDir};
 pub use process::{Proc, Signal, Stream};
+pub use pty::{Pty, keys};
 pub use raw::{Incoming, RawClient};
 
 /// How long to wait for something that should happen at once (a line, a reply).

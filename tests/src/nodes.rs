@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::net::{epmd_names, poll_until};
 use crate::process::{Proc, Signal};
+use crate::pty::{Pty, Snapshot};
 use crate::{LONG, WAIT, bins};
 
 /// The cookie tests use unless they say otherwise.
@@ -136,6 +138,7 @@ impl Ctx {
             nick_flag: true,
             args: Vec::new(),
             envs: Vec::new(),
+            envs_removed: Vec::new(),
         }
     }
 
@@ -148,6 +151,27 @@ impl Ctx {
     /// Starts a client for `server` with `nick` and waits for its whole join banner.
     pub fn join(&self, server: &Server, nick: &str) -> Client {
         self.client(nick).to(server).join()
+    }
+
+    /// Starts a client for `server` with `nick` in a pseudo-terminal, and waits for its
+    /// join banner and its empty prompt. Like every harness client it runs with
+    /// `--no-reconnect` unless built with [`ClientBuilder::reconnect`].
+    pub fn join_pty(&self, server: &Server, nick: &str) -> PtyClient {
+        self.client(nick).to(server).join_pty()
+    }
+
+    /// Waits until this context's port mapper no longer lists `alive` (after its server
+    /// died, the mapper notices the closed registration connection on its own).
+    #[track_caller]
+    pub fn wait_unregistered(&self, alive: &str) {
+        let gone = poll_until(LONG, || {
+            epmd_names(self.epmd_port).is_ok_and(|l| l.iter().all(|(n, _)| n != alive))
+        });
+        assert!(
+            gone,
+            "the port mapper still lists {alive}: {:?}",
+            epmd_names(self.epmd_port)
+        );
     }
 }
 
@@ -339,6 +363,7 @@ pub struct ClientBuilder<'a> {
     nick_flag: bool,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    envs_removed: Vec<String>,
 }
 
 impl ClientBuilder<'_> {
@@ -398,8 +423,67 @@ impl ClientBuilder<'_> {
         self
     }
 
+    /// Removes an environment variable (for instance `NO_COLOR`, which every process
+    /// gets by default).
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.envs_removed.push(key.to_string());
+        self
+    }
+
     /// Starts the client without waiting for anything.
     pub fn spawn(self) -> Client {
+        let (cmd, server_node) = self.command();
+        Client {
+            proc: Proc::spawn(format!("chat-client {}", self.nick), cmd),
+            nick: self.nick,
+            own_name: self.own_name,
+            server: server_node,
+        }
+    }
+
+    /// Starts the client in a pseudo-terminal (stdin, stdout and stderr all the
+    /// terminal, as in a terminal emulator) without waiting for anything. The
+    /// environment is a user's: `TERM=xterm`, no `RUST_LOG`, no `COLUMNS`/`LINES`, and
+    /// `NO_COLOR=1` unless [`ClientBuilder::env_remove`] took it away.
+    pub fn spawn_pty(self) -> PtyClient {
+        let (mut cmd, server_node) = self.command();
+        cmd.env("TERM", "xterm")
+            .env_remove("RUST_LOG")
+            .env_remove("COLUMNS")
+            .env_remove("LINES");
+        // What the test asked for wins over those defaults.
+        for key in &self.envs_removed {
+            cmd.env_remove(key);
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let own = self
+            .own_name
+            .clone()
+            .expect("a PTY client needs a known own node name for its prompt");
+        PtyClient {
+            pty: Pty::spawn(format!("chat-client {} (pty)", self.nick), &cmd),
+            nick: self.nick,
+            prompt: format!("{own}> "),
+            own_name: own,
+            server: server_node,
+            seen: 0,
+        }
+    }
+
+    /// Starts the client in a pseudo-terminal and waits for its join banner and its
+    /// empty prompt.
+    pub fn join_pty(self) -> PtyClient {
+        let mut client = self.spawn_pty();
+        client.expect_banner();
+        client.expect_input("");
+        client
+    }
+
+    /// The command line and environment, and the server node name the client prints
+    /// lines for.
+    fn command(&self) -> (Command, String) {
         let mut cmd = self.ctx.command(bins::client_bin());
         if self.nick_flag {
             cmd.arg("--nick").arg(&self.nick);
@@ -421,15 +505,13 @@ impl ClientBuilder<'_> {
             cmd.arg("--no-reconnect");
         }
         cmd.args(&self.args);
+        for key in &self.envs_removed {
+            cmd.env_remove(key);
+        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        Client {
-            proc: Proc::spawn(format!("chat-client {}", self.nick), cmd),
-            nick: self.nick,
-            own_name: self.own_name,
-            server: server_node,
-        }
+        (cmd, server_node)
     }
 
     /// Starts the client and waits for its join banner (the three lines); returns it.
@@ -579,4 +661,174 @@ pub fn sorted(list: &[String]) -> Vec<String> {
     let mut list = list.to_vec();
     list.sort();
     list
+}
+
+/// A chat client running in a pseudo-terminal (the line editor), read as a screen.
+///
+/// "Printed lines" are the rows above the cursor's row; the cursor's row is the line
+/// being edited. Like [`Proc`], it keeps a position: each `expect_row*` looks from the
+/// row after the previous match on, so a test reads the screen top to bottom.
+pub struct PtyClient {
+    /// The terminal and the process.
+    pub pty: Pty,
+    nick: String,
+    own_name: String,
+    prompt: String,
+    server: String,
+    seen: usize,
+}
+
+impl PtyClient {
+    /// Its nick.
+    pub fn nick(&self) -> &str {
+        &self.nick
+    }
+
+    /// Its own node name.
+    pub fn own_name(&self) -> &str {
+        &self.own_name
+    }
+
+    /// Its prompt, `<own node>> `.
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// The server node name it prints lines for.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Types keys (text, or sequences from [`crate::pty::keys`]).
+    #[track_caller]
+    pub fn keys(&mut self, keys: &str) {
+        self.pty.keys(keys);
+    }
+
+    /// Types `line` and presses Enter.
+    #[track_caller]
+    pub fn type_line(&mut self, line: &str) {
+        self.pty.keys(line);
+        self.pty.keys(crate::pty::keys::ENTER);
+    }
+
+    /// Types `line`, presses Enter, and waits for the fresh, empty prompt of the next
+    /// line (so that what is typed next goes to the line editor, not to a terminal
+    /// between two prompts).
+    #[track_caller]
+    pub fn submit(&mut self, line: &str) {
+        self.type_line(line);
+        self.expect_input("");
+    }
+
+    /// Waits for a printed row (above the line being edited), after the last one
+    /// matched, containing `needle`; returns its text.
+    #[track_caller]
+    pub fn expect_row(&mut self, needle: &str) -> String {
+        self.expect_row_within(needle, WAIT)
+    }
+
+    /// As [`PtyClient::expect_row`], with a timeout.
+    #[track_caller]
+    pub fn expect_row_within(&mut self, needle: &str, timeout: std::time::Duration) -> String {
+        let from = self.seen;
+        let (_, text, next) = self.pty.wait_for(
+            &format!("a printed line containing {needle:?} (from row {from} on)"),
+            timeout,
+            |snap| snap.find_line(from, |l| l.contains(needle)),
+        );
+        self.seen = next;
+        text
+    }
+
+    /// Waits for a printed line, after the last one matched, that is exactly `text`.
+    #[track_caller]
+    pub fn expect_exact_row(&mut self, text: &str) {
+        self.expect_exact_row_within(text, WAIT);
+    }
+
+    /// As [`PtyClient::expect_exact_row`], with a timeout.
+    #[track_caller]
+    pub fn expect_exact_row_within(&mut self, text: &str, timeout: std::time::Duration) {
+        let from = self.seen;
+        let (_, _, next) = self.pty.wait_for(
+            &format!("a printed line that is exactly {text:?} (from row {from} on)"),
+            timeout,
+            |snap| snap.find_line(from, |l| l == text),
+        );
+        self.seen = next;
+    }
+
+    /// Waits for a printed line, after the last one matched, for which `pred` holds;
+    /// `what` describes it in a failure. Returns the line.
+    #[track_caller]
+    pub fn expect_line_where(
+        &mut self,
+        what: &str,
+        timeout: std::time::Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let from = self.seen;
+        let (_, text, next) = self.pty.wait_for(
+            &format!("a printed line: {what} (from row {from} on)"),
+            timeout,
+            |snap| snap.find_line(from, &pred),
+        );
+        self.seen = next;
+        text
+    }
+
+    /// Waits for the row `S> <text>` (S being the server's node name), exactly.
+    #[track_caller]
+    pub fn expect_from_server(&mut self, text: &str) {
+        let row = format!("{}> {text}", self.server);
+        self.expect_exact_row(&row);
+    }
+
+    /// Waits for the three banner rows, in order, and returns the users listed.
+    #[track_caller]
+    pub fn expect_banner(&mut self) -> Vec<String> {
+        self.expect_row_within("* Joined the chatroom *", LONG);
+        let users = self.expect_row("* Users in the room: ");
+        self.expect_row("* Type /help for options *");
+        match parse_list(&users, "* Users in the room: ", " *") {
+            Some(list) => list,
+            None => self.pty.fail(&format!("malformed user list row {users:?}")),
+        }
+    }
+
+    /// Waits until the line being edited is the prompt followed by exactly `text`, with
+    /// the cursor at its end.
+    #[track_caller]
+    pub fn expect_input(&mut self, text: &str) {
+        let col = text.chars().count();
+        self.expect_input_at(text, col);
+    }
+
+    /// Waits until the line being edited is the prompt followed by exactly `text`, with
+    /// the cursor `col` characters into `text`.
+    #[track_caller]
+    pub fn expect_input_at(&mut self, text: &str, col: usize) {
+        let want = format!("{}{text}", self.prompt);
+        let want_col = self.prompt.chars().count() + col;
+        self.pty.wait_for(
+            &format!("the input line {want:?} with the cursor at column {want_col}"),
+            WAIT,
+            |snap| {
+                let (line, at) = snap.input_line();
+                (line.trim_end() == want.trim_end() && at == want_col).then_some(())
+            },
+        );
+    }
+
+    /// The screen now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.pty.snapshot()
+    }
+
+    /// Fails the test with `msg` and the screen.
+    #[track_caller]
+    pub fn fail(&mut self, msg: &str) -> ! {
+        self.pty.fail(msg)
+    }
 }
