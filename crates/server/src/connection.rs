@@ -22,13 +22,15 @@ use protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::codec::{Framed, FramedRead};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::inbound::Inbound;
+use crate::outbox::Outbox;
 use crate::peer::{NativePeer, Peer};
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::registry::{Command, ConnId, RegistryHandle};
@@ -191,12 +193,12 @@ async fn session(
 ) {
     let config = &shared.config;
     let (read_half, write_half) = stream.into_split();
-    let (queue_tx, queue_rx) = mpsc::channel(config.send_queue_frames.max(1));
+    let outbox = Arc::new(Outbox::new(config.send_queue_frames));
     let stop = CancellationToken::new();
-    let peer = Arc::new(NativePeer::new(node, addr, queue_tx, stop.clone()));
+    let peer = Arc::new(NativePeer::new(node, addr, outbox.clone(), stop.clone()));
     shared
         .tracker
-        .spawn(writer::run(write_half, queue_rx, stop.clone()));
+        .spawn(writer::run(write_half, outbox, stop.clone()));
     let registry = &shared.registry;
     if !registry
         .send(Command::Attach {
@@ -207,8 +209,7 @@ async fn session(
     {
         return;
     }
-    let mut frames = FramedRead::new(read_half, MessageCodec::<ClientMessage>::new());
-    frames.read_buffer_mut().extend_from_slice(&leftover);
+    let mut frames = Inbound::new(read_half, leftover);
     let mut reader = Reader {
         id,
         peer: &peer,

@@ -5,15 +5,17 @@
 //! How a message travels:
 //!
 //! ```text
-//! socket -> connection.rs (reader: decode, validate, rate-limit)
+//! socket -> inbound.rs + connection.rs (reader: decode, validate, rate-limit)
 //!        -> registry.rs   (the actor that owns the room; encodes each event once)
-//!        -> peer.rs       (per-member bounded queue; full queue = slow consumer, dropped)
-//!        -> writer.rs     (drains the queue, many frames per syscall) -> socket
+//!        -> peer.rs       (a member: its outbox.rs, a bounded queue; full = slow consumer)
+//!        -> writer.rs     (drains the outbox, many frames per writev) -> socket
 //! ```
 
 pub mod config;
 pub mod connection;
+pub mod inbound;
 pub mod listener;
+pub mod outbox;
 pub mod peer;
 pub mod rate_limit;
 pub mod registry;

@@ -4,11 +4,14 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use protocol::codec::{self, CodecError};
 use protocol::{Event, LeaveReason, NodeName, Reply, ServerMessage};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
 
 /// A room event, encoded once for every native recipient.
 #[derive(Debug)]
@@ -60,22 +63,14 @@ pub trait Peer: Send + Sync {
     fn node(&self) -> &NodeName;
 }
 
-/// What a connection's writer is asked to do.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Write this frame.
-    Frame(Bytes),
-    /// Write everything queued before this, then close the connection.
-    Close,
-}
-
 /// A connection of our native protocol: a bounded queue drained by its writer task, and a
-/// token that stops both of its tasks at once.
+/// token that stops both of its tasks at once. When the last handle goes (the reader has
+/// ended and the registry has forgotten it), the writer writes what is queued and closes.
 #[derive(Debug)]
 pub struct NativePeer {
     node: NodeName,
     addr: SocketAddr,
-    queue: mpsc::Sender<Outgoing>,
+    outbox: Arc<Outbox>,
     stop: CancellationToken,
 }
 
@@ -84,13 +79,13 @@ impl NativePeer {
     pub fn new(
         node: NodeName,
         addr: SocketAddr,
-        queue: mpsc::Sender<Outgoing>,
+        outbox: Arc<Outbox>,
         stop: CancellationToken,
     ) -> Self {
         Self {
             node,
             addr,
-            queue,
+            outbox,
             stop,
         }
     }
@@ -102,12 +97,7 @@ impl NativePeer {
 
     /// Queues an already encoded frame.
     pub fn push(&self, frame: Bytes) -> Result<(), DeliveryError> {
-        self.queue
-            .try_send(Outgoing::Frame(frame))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => DeliveryError::Closed,
-            })
+        self.outbox.push(frame)
     }
 
     /// Queues any server message (encoding it for this peer alone).
@@ -140,14 +130,21 @@ impl Peer for NativePeer {
         // A slow consumer cannot take more frames; anyone else is told why, then closed
         // once its queue is written.
         let told = reason != LeaveReason::SendQueueExceeded
-            && self.send(&ServerMessage::Closing { reason }).is_ok()
-            && self.queue.try_send(Outgoing::Close).is_ok();
-        if !told {
+            && self.send(&ServerMessage::Closing { reason }).is_ok();
+        if told {
+            self.outbox.finish();
+        } else {
             self.stop.cancel();
         }
     }
 
     fn node(&self) -> &NodeName {
         &self.node
+    }
+}
+
+impl Drop for NativePeer {
+    fn drop(&mut self) {
+        self.outbox.finish();
     }
 }

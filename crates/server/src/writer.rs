@@ -1,79 +1,84 @@
-//! A connection's writer task: drains its bounded queue onto the socket.
+//! A connection's writer task: drains its [`Outbox`] onto the socket.
 //!
-//! It writes every frame that is ready in one syscall (frames queued while a write was in
-//! flight go out together), so a busy connection costs few syscalls and Nagle's algorithm
-//! is not needed (`TCP_NODELAY` is set). It stops at once when the connection's stop token
-//! fires, even in the middle of a write to a peer that does not read.
+//! It takes every frame queued since its last write and writes them with vectored
+//! writes, so a busy connection costs few syscalls, no frame is copied, and Nagle's
+//! algorithm is not needed (`TCP_NODELAY` is set). It keeps no buffer between writes.
+//! It stops at once when the connection's stop token fires, even in the middle of a
+//! write to a peer that does not read.
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::peer::Outgoing;
+use crate::outbox::Outbox;
 
-/// Largest batch gathered before writing, in bytes.
-const MAX_BATCH: usize = 256 * 1024;
+/// Most frames handed to one `writev` (well under every system's `IOV_MAX`).
+const MAX_SLICES: usize = 64;
 
-/// A batch buffer that grew past this is released once written, so idle connections
-/// hold little memory.
-const KEEP_BUFFER: usize = 16 * 1024;
-
-/// Runs until the queue closes, a `Close` is written, the socket fails, or `stop` fires.
-pub async fn run(
-    mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Outgoing>,
-    stop: CancellationToken,
-) {
-    let mut batch = BytesMut::new();
+/// Runs until the outbox finishes, the socket fails, or `stop` fires.
+pub async fn run(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, stop: CancellationToken) {
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             biased;
-            () = stop.cancelled() => return,
-            item = queue.recv() => item,
+            () = stop.cancelled() => break,
+            batch = outbox.next_batch() => batch,
         };
-        // The queue ended: every sender is gone.
-        let Some(first) = first else { break };
-        let close = gather(first, &mut queue, &mut batch);
-        let written = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            result = socket.write_all(&batch) => result,
-        };
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "write failed");
-            stop.cancel();
-            return;
+        if !batch.frames.is_empty() {
+            let written = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                result = write_frames(&mut socket, &batch.frames) => result,
+            };
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "write failed");
+                break;
+            }
         }
-        batch.clear();
-        if batch.capacity() > KEEP_BUFFER {
-            batch = BytesMut::new();
-        }
-        if close {
+        if batch.last {
+            // Orderly end: everything is written; send FIN.
+            let _ = socket.shutdown().await;
             break;
         }
     }
-    // Orderly end: flush, send FIN, and stop the reader.
-    let _ = socket.shutdown().await;
+    outbox.close();
     stop.cancel();
 }
 
-/// Appends `first` and every frame already queued (up to [`MAX_BATCH`]) to `batch`.
-/// Returns true when a `Close` was reached: the batch is the last one.
-fn gather(first: Outgoing, queue: &mut mpsc::Receiver<Outgoing>, batch: &mut BytesMut) -> bool {
-    let mut item = first;
-    loop {
-        match item {
-            Outgoing::Frame(frame) => batch.extend_from_slice(&frame),
-            Outgoing::Close => return true,
+/// Writes every frame, in order, with as few syscalls as the socket allows.
+async fn write_frames(socket: &mut OwnedWriteHalf, frames: &VecDeque<Bytes>) -> io::Result<()> {
+    // Position of the first unwritten byte: frame index and offset into it.
+    let (mut index, mut offset) = (0, 0);
+    while index < frames.len() {
+        let written = {
+            let slices: Vec<IoSlice<'_>> = frames
+                .iter()
+                .skip(index)
+                .take(MAX_SLICES)
+                .enumerate()
+                .map(|(i, frame)| IoSlice::new(if i == 0 { &frame[offset..] } else { frame }))
+                .collect();
+            socket.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
-        if batch.len() >= MAX_BATCH {
-            return false;
-        }
-        match queue.try_recv() {
-            Ok(next) => item = next,
-            Err(_) => return false,
+        let mut left = written;
+        while left > 0 {
+            let remaining = frames[index].len() - offset;
+            if left >= remaining {
+                left -= remaining;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += left;
+                left = 0;
+            }
         }
     }
+    Ok(())
 }
