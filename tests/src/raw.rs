@@ -113,7 +113,7 @@ impl RawClient {
         let own = format!("raw-{}@localhost", sanitize(nick));
         let mut raw = RawClient::open(nick, port, &own, server, cookie);
         match raw.join(nick) {
-            Reply::Joined { users } => (raw, users),
+            Reply::Joined { users, .. } => (raw, users),
             other => panic!("{nick}: join refused: {other:?}"),
         }
     }

@@ -312,7 +312,9 @@ impl Handler {
             self.context.output.incoming(kind, &line);
         }
         match &reply {
-            Reply::Joined { users } | Reply::Users { users } => shared.members.replace(users),
+            Reply::Joined { users, .. } | Reply::Users { users, .. } => {
+                shared.members.replace(users)
+            }
             Reply::Left => shared.members.replace(&[]),
             _ => {}
         }

@@ -104,7 +104,7 @@ pub fn event(server: &str, event: &EventKind) -> String {
 /// leaving to exit, when the "you can rejoin" hint would be nonsense.
 pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
     match reply {
-        Reply::Joined { users } => joined(users),
+        Reply::Joined { users, more } => joined(users, *more),
         Reply::NickInUse
         | Reply::NickNotAllowed
         | Reply::InvalidNick { .. }
@@ -116,9 +116,10 @@ pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
         Reply::Left if quitting => Vec::new(),
         Reply::Left => vec![left_room()],
         Reply::NotJoined => vec![not_joined()],
-        Reply::Users { users } => {
-            vec![from_server(server, &format!("users: {}", user_list(users)))]
-        }
+        Reply::Users { users, more } => vec![from_server(
+            server,
+            &format!("users: {}", user_list(users, *more)),
+        )],
         Reply::NoSuchUser { nick } => vec![from_server(
             server,
             &format!(
@@ -150,10 +151,11 @@ pub fn join_refusal_reason(reply: &Reply) -> Option<String> {
 }
 
 /// The banner printed on joining: joined, who is here, where to find help.
-pub fn joined(users: &[String]) -> Vec<String> {
+/// `more` counts members a big room's answer left out.
+pub fn joined(users: &[String], more: u32) -> Vec<String> {
     vec![
         "* Joined the chatroom *".to_string(),
-        format!("* Users in the room: {} *", user_list(users)),
+        format!("* Users in the room: {} *", user_list(users, more)),
         "* Type /help for options *".to_string(),
     ]
 }
@@ -223,12 +225,17 @@ fn from_server(server: &str, text: &str) -> String {
     format!("{server}> {SERVER}: {text}")
 }
 
-fn user_list(users: &[String]) -> String {
-    users
+fn user_list(users: &[String], more: u32) -> String {
+    let listed = users
         .iter()
         .map(|u| sanitize(u))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if more == 0 {
+        listed
+    } else {
+        format!("{listed} and {more} more")
+    }
 }
 
 #[cfg(test)]
@@ -313,10 +320,28 @@ mod tests {
             S,
             &Reply::Users {
                 users: users(&["a\u{7}"]),
+                more: 0,
             },
             false,
         );
         assert_eq!(users, ["server@host> server: users: a\u{FFFD}"]);
+    }
+
+    #[test]
+    fn big_rooms_say_how_many_were_left_out() {
+        let lines = reply(
+            S,
+            &Reply::Users {
+                users: users(&["ann", "bob"]),
+                more: 998,
+            },
+            false,
+        );
+        assert_eq!(lines, ["server@host> server: users: ann, bob and 998 more"]);
+        assert_eq!(
+            joined(&users(&["ann"]), 5)[1],
+            "* Users in the room: ann and 5 more *"
+        );
     }
 
     #[test]
@@ -325,7 +350,8 @@ mod tests {
             reply(
                 S,
                 &Reply::Joined {
-                    users: users(&["ann", "bob", "john"])
+                    users: users(&["ann", "bob", "john"]),
+                    more: 0,
                 },
                 false
             ),
@@ -381,7 +407,8 @@ mod tests {
             reply(
                 S,
                 &Reply::Users {
-                    users: users(&["ann", "bob", "john"])
+                    users: users(&["ann", "bob", "john"]),
+                    more: 0,
                 },
                 false
             ),

@@ -13,6 +13,11 @@ pub const MAX_NICK_LEN: usize = 32;
 /// Default longest message text, in bytes.
 pub const DEFAULT_MAX_TEXT_LEN: usize = 4 * 1024;
 
+/// Most nick bytes listed in one user list (join answer or `/users`); the rest of a big
+/// room is only counted. Keeps those replies far below [`MAX_FRAME_LEN`] whatever the
+/// room's size (at least 992 nicks of the longest kind fit).
+pub const MAX_LISTED_NICK_BYTES: usize = 32 * 1024;
+
 /// The nick reserved for the server itself (refused in any letter case).
 pub const SERVER_NICK: &str = "server";
 

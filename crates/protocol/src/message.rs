@@ -59,10 +59,14 @@ pub enum ServerMessage {
 /// Answers to calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// Joined; `users` is everyone in the room, this client included.
+    /// Joined; `users` is everyone in the room, this client included, as far as fits
+    /// in one reply (see [`crate::limits::MAX_LISTED_NICK_BYTES`]); `more` counts the
+    /// rest.
     Joined {
-        /// Nicks in the room.
+        /// Nicks in the room, sorted.
         users: Vec<String>,
+        /// Members left out of `users` to keep the reply small.
+        more: u32,
     },
     /// Another member has this nick.
     NickInUse,
@@ -82,10 +86,12 @@ pub enum Reply {
     Left,
     /// The call needs a joined connection and this one is not in the room.
     NotJoined,
-    /// The nicks in the room, sorted.
+    /// The nicks in the room, sorted, as far as fits in one reply; `more` counts the rest.
     Users {
         /// Nicks in the room.
         users: Vec<String>,
+        /// Members left out of `users` to keep the reply small.
+        more: u32,
     },
     /// A private message was addressed to a nick that is not in the room.
     NoSuchUser {

@@ -164,8 +164,8 @@ impl Registry {
             },
             Command::Private { id, to, text } => self.private(id, to, text),
             Command::ListUsers { id } => {
-                let users = self.members.keys().cloned().collect();
-                self.reply(id, Reply::Users { users });
+                let (users, more) = self.user_list();
+                self.reply(id, Reply::Users { users, more });
             }
             Command::Shutdown { done } => {
                 self.shutting_down = true;
@@ -176,6 +176,25 @@ impl Registry {
                 let _ = done.send(());
             }
         }
+    }
+
+    /// The members' nicks as far as [`limits::MAX_LISTED_NICK_BYTES`] allows, and how
+    /// many were left out. Stops early, so a join into a big room costs little.
+    fn user_list(&self) -> (Vec<String>, u32) {
+        let mut budget = limits::MAX_LISTED_NICK_BYTES;
+        let users: Vec<String> = self
+            .members
+            .keys()
+            .take_while(|nick| {
+                let cost = nick.len() + 1;
+                let fits = cost <= budget;
+                budget = budget.saturating_sub(cost);
+                fits
+            })
+            .cloned()
+            .collect();
+        let more = self.members.len() - users.len();
+        (users, u32::try_from(more).unwrap_or(u32::MAX))
     }
 
     fn nick_of(&self, id: ConnId) -> Option<&str> {
@@ -208,8 +227,8 @@ impl Registry {
         if let Some(connection) = self.connections.get_mut(&id) {
             connection.nick = Some(nick.clone());
         }
-        let users = self.members.keys().cloned().collect();
-        self.reply(id, Reply::Joined { users });
+        let (users, more) = self.user_list();
+        self.reply(id, Reply::Joined { users, more });
         self.broadcast(EventKind::Joined { nick }, Some(id));
     }
 
@@ -305,5 +324,66 @@ impl Registry {
         if let Err(e) = connection.peer.reply(reply) {
             self.delivery_failed(id, e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use protocol::codec::{MAX_FRAME_LEN, encode_frame};
+    use protocol::{NodeName, ServerMessage};
+
+    use super::*;
+
+    /// A peer that records what it is handed.
+    struct Recorder {
+        node: NodeName,
+        replies: Mutex<Vec<Reply>>,
+    }
+
+    impl Peer for Recorder {
+        fn deliver(&self, _event: &RoomEvent) -> Result<(), DeliveryError> {
+            Ok(())
+        }
+        fn reply(&self, reply: Reply) -> Result<(), DeliveryError> {
+            self.replies.lock().unwrap().push(reply);
+            Ok(())
+        }
+        fn close(&self, _reason: LeaveReason) {}
+        fn node(&self) -> &NodeName {
+            &self.node
+        }
+    }
+
+    #[test]
+    fn user_lists_of_a_big_room_fit_in_a_frame_and_count_the_rest() {
+        let mut registry = Registry::default();
+        let members = 3000;
+        let mut last = None;
+        for id in 0..members {
+            let peer = Arc::new(Recorder {
+                node: NodeName::parse_long("client@localhost").unwrap(),
+                replies: Mutex::default(),
+            });
+            registry.handle(Command::Attach {
+                id,
+                peer: peer.clone(),
+            });
+            // The longest nicks allowed: the worst case for the reply's size.
+            let nick = format!("{id:0>32}");
+            registry.handle(Command::Join { id, nick });
+            last = Some(peer);
+        }
+        let last = last.unwrap();
+        let replies = last.replies.lock().unwrap();
+        let Some(Reply::Joined { users, more }) = replies.first() else {
+            panic!("expected a join answer, got {replies:?}");
+        };
+        assert_eq!(users.len() + *more as usize, members as usize);
+        assert!(*more > 0, "3000 long nicks cannot all be listed");
+        assert!(users.windows(2).all(|w| w[0] < w[1]), "sorted");
+        let frame = encode_frame(&ServerMessage::Reply(replies[0].clone())).unwrap();
+        assert!(frame.len() <= MAX_FRAME_LEN / 2, "{} bytes", frame.len());
     }
 }

@@ -140,6 +140,7 @@ pub async fn answer_join(server: &mut ServerSide, nick: &str, answer: Reply) {
 pub fn joined(users: &[&str]) -> Reply {
     Reply::Joined {
         users: users.iter().map(|u| u.to_string()).collect(),
+        more: 0,
     }
 }
 
