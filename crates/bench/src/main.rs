@@ -1,0 +1,535 @@
+//! `chat-bench`: a load generator for `chat-server` that speaks the real protocol, and a
+//! baseline relay to compare it with.
+//!
+//! Start-up: parse the flags, raise the open-files limit, then for every workload and
+//! every target (server, relay, or both) start a fresh target process, run the workload,
+//! and print one row; finally the table (or JSON lines) with the server's figures as
+//! ratios of the relay's. SIGINT/SIGTERM end the run and every child process with it.
+//! The exit status is 0 only when every run completed with zero loss and no reordering.
+//!
+//! The hidden `relay` subcommand is the baseline relay itself, started by the bench as a
+//! child process so its CPU and memory are measured like the server's.
+
+mod conn;
+mod launch;
+mod procfs;
+mod relay;
+mod report;
+mod run;
+mod stats;
+mod workload;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use protocol::Cookie;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::launch::{LaunchConfig, Launcher, TargetKind};
+use crate::report::Row;
+use crate::workload::{FanoutParams, OpenLoopParams, Workload};
+
+const AFTER_HELP: &str = "\
+Targets: by default chat-bench starts a release chat-server found next to its own
+executable (build both with `cargo build --release -p chat-server -p chat-bench`), with its
+own port mapper and a random cookie, and with its policy limits raised so the run measures
+throughput, not policy: --rate 1000000 --burst 1000000 --send-queue 65536
+--max-clients 1000000. Each workload gets a fresh server. --target relay (or
+--baseline-relay) measures the built-in baseline relay instead (no preamble, no handshake,
+no registry, no validation; same framing), --target all measures both back to back and
+prints the server's figures as ratios of the relay's.
+
+Open files: every client is one socket in the bench and one in the target. chat-bench
+raises its open-files soft limit to the hard limit (setrlimit) at start, and the server and
+relay it starts inherit that limit. A run needs about clients + 256 descriptors (idle
+--clients 10000: about 10300); if the hard limit is lower the bench says so: raise it
+(`ulimit -Hn` as root, /etc/security/limits.conf, or LimitNOFILE= for a service). A
+server given with --server must have its own limit raised.
+
+Columns: rate is deliveries/s (fanout, openloop), joins/s (join) or target RSS bytes per
+idle joined connection (idle); p50/p99/p99.9 are latencies in microseconds (send, or
+scheduled send for openloop, to receive; connect to join reply for join); CPU-s/1M is the
+target's CPU seconds (utime + stime from /proc) per million units of the rate; bench CPU
+is the generator's own CPU; other CPU is everything else on the machine during the window
+(a high value means a noisy measurement); vs relay is the server's figure divided by the
+relay's from the same run.
+
+Exit status: 0 when every run completed with zero loss and no reordering, 1 when a run
+failed (loss, reorder, disconnect, a client dropped by the server), 2 on a usage or
+start-up error.";
+
+/// Load generator for chat-server: fan-out throughput, open-loop latency, idle memory and
+/// join rate, against our server and a minimal baseline relay.
+#[derive(Parser)]
+#[command(name = "chat-bench", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Which implementation to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetChoice {
+    /// chat-server.
+    Server,
+    /// The built-in baseline relay.
+    Relay,
+    /// Both, back to back, with ratios.
+    All,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// What to measure [default: server; all for `suite`].
+    #[arg(long, value_enum, global = true)]
+    target: Option<TargetChoice>,
+    /// Measure the baseline relay (same as --target relay).
+    #[arg(long, global = true, conflicts_with = "target")]
+    baseline_relay: bool,
+    /// Use a running server instead of starting one.
+    #[arg(long, global = true, value_name = "NAME@HOST:PORT")]
+    server: Option<String>,
+    /// Cookie of the server given with --server.
+    #[arg(long, global = true, env = "CHAT_COOKIE", hide_env_values = true)]
+    cookie: Option<String>,
+    /// Process id of the server given with --server, for its CPU time and RSS.
+    #[arg(long, global = true, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// The chat-server binary [default: chat-server next to chat-bench].
+    #[arg(long, global = true, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// An extra argument for every chat-server the bench starts (repeatable), e.g.
+    /// --server-arg=--tick --server-arg=30.
+    #[arg(
+        long = "server-arg",
+        global = true,
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    server_args: Vec<String>,
+    /// RUST_LOG for started servers [default: the server's own, info]; their standard
+    /// error goes to a file in --log-dir.
+    #[arg(long, global = true, value_name = "FILTER")]
+    server_log: Option<String>,
+    /// Where started servers' logs go [default: a temporary directory, removed after a
+    /// successful run].
+    #[arg(long, global = true, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Print JSON lines on standard output (the table goes to standard error).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Closed-loop fan-out: N clients, S senders, W messages in flight per sender.
+    Fanout(FanoutArgs),
+    /// Open-loop fan-out at a fixed offered rate; latency from the scheduled send time.
+    Openloop(OpenLoopArgs),
+    /// Server RSS per idle joined connection.
+    Idle(IdleArgs),
+    /// Joins per second (connect + handshake + join, broadcast to the room).
+    Join(JoinArgs),
+    /// The whole matrix of issue 4: fan-out N=10/100/1000 with S=N and S=1, open loop at
+    /// N=100, idle at K=1000/5000/10000, join 1000; against both targets by default.
+    Suite(SuiteArgs),
+    /// Run the baseline relay in the foreground (started by the bench itself).
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    /// Clients in the room (a comma-separated list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    clients: Vec<usize>,
+    /// Clients that send [default: all of them].
+    #[arg(long)]
+    senders: Option<usize>,
+    /// Messages each sender keeps in flight [default: 256 / senders, at least 1].
+    #[arg(long)]
+    window: Option<usize>,
+    /// Sending time, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Pad message texts to at least this many bytes.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    text_len: usize,
+    /// Clients connecting at once while the room fills.
+    #[arg(long, default_value_t = 64)]
+    connect_in_flight: usize,
+}
+
+#[derive(Args)]
+struct OpenLoopArgs {
+    /// Clients in the room.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Offered deliveries per second (messages/s times the N-1 receivers).
+    #[arg(long, default_value_t = 1_000_000.0, value_name = "DELIVERIES_PER_SEC")]
+    rate: f64,
+    /// Clients that send, round robin [default: all of them].
+    #[arg(long)]
+    senders: Option<usize>,
+    /// Sending time, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Pad message texts to at least this many bytes.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    text_len: usize,
+    /// Clients connecting at once while the room fills.
+    #[arg(long, default_value_t = 64)]
+    connect_in_flight: usize,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    /// Idle joined connections (a comma-separated list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    clients: Vec<usize>,
+    /// Clients connecting at once.
+    #[arg(long, default_value_t = 100)]
+    in_flight: usize,
+    /// Seconds to wait after the last join broadcast before reading RSS.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+}
+
+#[derive(Args)]
+struct JoinArgs {
+    /// Clients joining, one room.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Joins in progress at once.
+    #[arg(long, default_value_t = 10)]
+    in_flight: usize,
+}
+
+#[derive(Args)]
+struct SuiteArgs {
+    /// Fan-out room sizes; each runs with S=N and with S=1.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    fanout_clients: Vec<usize>,
+    /// Fan-out sending time, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Open-loop offered deliveries per second, at N=100.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    rate: f64,
+    /// Idle connection counts.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    idle_clients: Vec<usize>,
+    /// Clients of the join workload (10 in flight).
+    #[arg(long, default_value_t = 1000)]
+    join_clients: usize,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Frames queued per member before it counts as a slow consumer and is closed.
+    #[arg(long, default_value_t = launch::BENCH_SEND_QUEUE)]
+    queue: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chat-bench: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(cli) => result,
+            signal = interrupted() => match signal {
+                Ok(name) => Err(anyhow::anyhow!("interrupted by {name}; child processes stopped")),
+                Err(e) => Err(e),
+            },
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chat-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name.
+async fn interrupted() -> Result<&'static str> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::select! {
+        _ = interrupt.recv() => Ok("SIGINT"),
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        bail!("{flag} must be a positive number of seconds, not {value}")
+    }
+}
+
+/// The workloads a command asks for, in order.
+fn plan(mode: &Mode) -> Result<Vec<Workload>> {
+    let fanout = |clients: usize, senders: usize, window, duration, text_len, connect| {
+        Workload::Fanout(FanoutParams {
+            clients,
+            senders,
+            window,
+            duration,
+            text_len,
+            connect_in_flight: connect,
+        })
+    };
+    Ok(match mode {
+        Mode::Fanout(a) => {
+            let duration = seconds(a.duration, "--duration")?;
+            a.clients
+                .iter()
+                .map(|&n| {
+                    let senders = a.senders.unwrap_or(n);
+                    fanout(
+                        n,
+                        senders,
+                        a.window,
+                        duration,
+                        a.text_len,
+                        a.connect_in_flight,
+                    )
+                })
+                .collect()
+        }
+        Mode::Openloop(a) => vec![Workload::OpenLoop(OpenLoopParams {
+            clients: a.clients,
+            senders: a.senders,
+            rate: a.rate,
+            duration: seconds(a.duration, "--duration")?,
+            text_len: a.text_len,
+            connect_in_flight: a.connect_in_flight,
+        })],
+        Mode::Idle(a) => {
+            let settle = seconds(a.settle, "--settle")?;
+            a.clients
+                .iter()
+                .map(|&clients| Workload::Idle {
+                    clients,
+                    in_flight: a.in_flight,
+                    settle,
+                })
+                .collect()
+        }
+        Mode::Join(a) => vec![Workload::Join {
+            clients: a.clients,
+            in_flight: a.in_flight,
+        }],
+        Mode::Suite(a) => {
+            let duration = seconds(a.duration, "--duration")?;
+            let mut plan = Vec::new();
+            for &n in &a.fanout_clients {
+                plan.push(fanout(n, n, None, duration, 0, 64));
+                plan.push(fanout(n, 1, None, duration, 0, 64));
+            }
+            plan.push(Workload::OpenLoop(OpenLoopParams {
+                clients: 100,
+                senders: None,
+                rate: a.rate,
+                duration,
+                text_len: 0,
+                connect_in_flight: 64,
+            }));
+            for &clients in &a.idle_clients {
+                plan.push(Workload::Idle {
+                    clients,
+                    in_flight: 100,
+                    settle: Duration::from_secs(1),
+                });
+            }
+            plan.push(Workload::Join {
+                clients: a.join_clients,
+                in_flight: 10,
+            });
+            plan
+        }
+        Mode::Relay(_) => Vec::new(),
+    })
+}
+
+/// Runs the command; true when every run passed.
+async fn run(cli: Cli) -> Result<bool> {
+    if let Mode::Relay(args) = &cli.command {
+        let listener = TcpListener::bind((args.bind, args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+        let port = listener.local_addr()?.port();
+        println!("relay ready on port {port}");
+        relay::serve(listener, args.queue).await;
+        return Ok(true);
+    }
+    let plan = plan(&cli.command)?;
+    let t = &cli.target;
+    let choice = if t.baseline_relay {
+        TargetChoice::Relay
+    } else {
+        t.target.unwrap_or(match cli.command {
+            Mode::Suite(_) => TargetChoice::All,
+            _ => TargetChoice::Server,
+        })
+    };
+    let targets = match choice {
+        TargetChoice::Server => vec![TargetKind::Server],
+        TargetChoice::Relay => vec![TargetKind::Relay],
+        TargetChoice::All => vec![TargetKind::Server, TargetKind::Relay],
+    };
+    if cfg!(debug_assertions) {
+        tracing::warn!(
+            "this is a debug build of chat-bench: the relay and the load generator are slow; \
+             use target/release/chat-bench"
+        );
+    }
+    let most_clients = plan.iter().map(Workload::clients).max().unwrap_or(0);
+    let limit = procfs::raise_open_files_limit(most_clients as u64 + 256)?;
+    tracing::debug!(limit, "open-files limit");
+
+    let external = match &t.server {
+        Some(spec) => {
+            let cookie = t
+                .cookie
+                .as_deref()
+                .and_then(Cookie::new)
+                .context("--server needs --cookie (or CHAT_COOKIE)")?;
+            Some(launch::resolve_external(spec, cookie, t.server_pid).await?)
+        }
+        None => None,
+    };
+    let server_bin = match &t.server_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("cannot find chat-bench's own path")?
+            .with_file_name("chat-server"),
+    };
+    let temporary_logs = t.log_dir.is_none();
+    let log_dir = t
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("chat-bench-{}", std::process::id())));
+    let mut launcher = Launcher::new(
+        LaunchConfig {
+            server_bin,
+            server_args: t.server_args.clone(),
+            server_log_level: t.server_log.clone(),
+            log_dir: log_dir.clone(),
+            external,
+        },
+        targets.contains(&TargetKind::Server),
+    )?;
+
+    let mut rows = Vec::new();
+    for workload in &plan {
+        for &target in &targets {
+            let row = measure(&mut launcher, workload, target).await;
+            eprintln!("{}", progress(&row));
+            rows.push(row);
+        }
+    }
+    report::add_ratios(&mut rows);
+    let table = report::table(&rows);
+    if t.json {
+        print!("{}", report::json_lines(&rows));
+        eprint!("\n{table}");
+    } else {
+        print!("\n{table}");
+    }
+    let all_ok = rows.iter().all(|r| r.ok);
+    drop(launcher);
+    if temporary_logs && all_ok {
+        let _ = std::fs::remove_dir_all(&log_dir);
+    } else {
+        eprintln!("server logs: {}", log_dir.display());
+    }
+    Ok(all_ok)
+}
+
+/// Runs one workload against a fresh target; a failure becomes a failed row.
+async fn measure(launcher: &mut Launcher, workload: &Workload, target: TargetKind) -> Row {
+    let mut row = Row::new(workload.name(), target, workload.unit());
+    workload.describe(&mut row);
+    tracing::info!(
+        workload = workload.name(),
+        %target,
+        params = %row.params_text(),
+        "starting"
+    );
+    let outcome = async {
+        let running = launcher.start(target).await?;
+        let result = workload.run(&running, &mut row).await;
+        if let (Err(_), Some(log)) = (&result, &running.log) {
+            tracing::warn!(log = %log.display(), "the server's log may say more");
+        }
+        result
+    }
+    .await;
+    if let Err(e) = outcome {
+        row.ok = false;
+        row.error = Some(format!("{e:#}"));
+    }
+    // Let the previous target's sockets close before the next one starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    row
+}
+
+/// One line per finished run, on standard error, while the suite goes on.
+fn progress(row: &Row) -> String {
+    let rate = row
+        .rate
+        .map_or_else(|| "-".into(), |r| format!("{r:.0} {}", row.unit));
+    let p99 = row
+        .p99_us
+        .map_or_else(String::new, |p| format!(", p99 {p:.0} us"));
+    let cpu = row
+        .cpu_s_per_1m
+        .map_or_else(String::new, |c| format!(", {c:.3} CPU-s/1M"));
+    let status = match (&row.error, row.ok) {
+        (Some(e), _) => format!("ERROR: {e}"),
+        (None, true) => "ok".into(),
+        (None, false) => format!(
+            "FAILED (loss {}, reorder {}, other {})",
+            row.loss, row.reorders, row.other_errors
+        ),
+    };
+    format!(
+        "{} {} {}: {rate}{p99}{cpu}: {status}",
+        row.workload,
+        row.target,
+        row.params_text()
+    )
+}
