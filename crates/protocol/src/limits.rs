@@ -13,10 +13,17 @@ pub const MAX_NICK_LEN: usize = 32;
 /// Default longest message text, in bytes.
 pub const DEFAULT_MAX_TEXT_LEN: usize = 4 * 1024;
 
-/// Most nick bytes listed in one user list (join answer or `/users`); the rest of a big
-/// room is only counted. Keeps those replies far below [`MAX_FRAME_LEN`] whatever the
-/// room's size (at least 992 nicks of the longest kind fit).
+/// Budget of one user list (join answer or `/users`), counted as [`listed_nick_cost`];
+/// the rest of a big room is only counted. Keeps those replies within half the decode
+/// limit whatever the room's size (585 nicks of the longest kind fit, more of shorter).
 pub const MAX_LISTED_NICK_BYTES: usize = 32 * 1024;
+
+/// What one nick costs against [`MAX_LISTED_NICK_BYTES`]: its bytes plus a `String`'s
+/// size, because the decoder's limit counts the memory a list will take, not only its
+/// encoded bytes.
+pub fn listed_nick_cost(nick: &str) -> usize {
+    nick.len() + std::mem::size_of::<String>()
+}
 
 /// The nick reserved for the server itself (refused in any letter case).
 pub const SERVER_NICK: &str = "server";

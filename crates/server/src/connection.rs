@@ -79,29 +79,43 @@ pub async fn handle(
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
+    // Boxed: the opening's state (handshake framing, timers) is large and short-lived;
+    // inline, it would size this task for the connection's whole life.
+    let Some((node, leftover)) = Box::pin(opening(&mut stream, addr, &shared, &permit)).await
+    else {
+        return;
+    };
+    tracing::info!(%addr, %node, "connected");
+    session(stream, addr, id, node, leftover, &shared).await;
+    drop(permit);
+}
+
+/// Everything before the session: the connection limit, the preamble and the handshake,
+/// under the handshake timeout and the server's stop signal.
+async fn opening(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    shared: &Shared,
+    permit: &Option<OwnedSemaphorePermit>,
+) -> Option<(NodeName, BytesMut)> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY");
     }
     if permit.is_none() {
         tracing::warn!(%addr, "server full; refusing connection");
-        refuse_now(&mut stream, RefuseReason::ServerFull).await;
-        return;
+        refuse_now(stream, RefuseReason::ServerFull).await;
+        return None;
     }
-    let opened = tokio::select! {
-        () = shared.stopping.cancelled() => return,
-        r = tokio::time::timeout(shared.config.handshake_timeout, open(&mut stream, addr, &shared.config)) => r,
-    };
-    let (node, leftover) = match opened {
-        Ok(Some(opened)) => opened,
-        Ok(None) => return,
-        Err(_) => {
-            tracing::info!(%addr, "handshake timed out; closing");
-            return;
+    let limit = shared.config.handshake_timeout;
+    tokio::select! {
+        () = shared.stopping.cancelled() => None,
+        opened = tokio::time::timeout(limit, open(stream, addr, &shared.config)) => {
+            opened.unwrap_or_else(|_| {
+                tracing::info!(%addr, "handshake timed out; closing");
+                None
+            })
         }
-    };
-    tracing::info!(%addr, %node, "connected");
-    session(stream, addr, id, node, leftover, &shared).await;
-    drop(permit);
+    }
 }
 
 /// Writes a refusal without reading anything, then closes.

@@ -186,7 +186,7 @@ impl Registry {
             .members
             .keys()
             .take_while(|nick| {
-                let cost = nick.len() + 1;
+                let cost = limits::listed_nick_cost(nick);
                 let fits = cost <= budget;
                 budget = budget.saturating_sub(cost);
                 fits
@@ -331,7 +331,7 @@ impl Registry {
 mod tests {
     use std::sync::Mutex;
 
-    use protocol::codec::{MAX_FRAME_LEN, encode_frame};
+    use protocol::codec::{MAX_FRAME_LEN, decode, encode_frame};
     use protocol::{NodeName, ServerMessage};
 
     use super::*;
@@ -356,10 +356,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn user_lists_of_a_big_room_fit_in_a_frame_and_count_the_rest() {
+    /// Joins `members` peers with nicks made by `nick`; returns the last one's replies.
+    fn fill_room(members: u64, nick: impl Fn(u64) -> String) -> Vec<Reply> {
         let mut registry = Registry::default();
-        let members = 3000;
         let mut last = None;
         for id in 0..members {
             let peer = Arc::new(Recorder {
@@ -370,20 +369,35 @@ mod tests {
                 id,
                 peer: peer.clone(),
             });
-            // The longest nicks allowed: the worst case for the reply's size.
-            let nick = format!("{id:0>32}");
-            registry.handle(Command::Join { id, nick });
+            registry.handle(Command::Join { id, nick: nick(id) });
             last = Some(peer);
         }
-        let last = last.unwrap();
-        let replies = last.replies.lock().unwrap();
-        let Some(Reply::Joined { users, more }) = replies.first() else {
-            panic!("expected a join answer, got {replies:?}");
-        };
-        assert_eq!(users.len() + *more as usize, members as usize);
-        assert!(*more > 0, "3000 long nicks cannot all be listed");
-        assert!(users.windows(2).all(|w| w[0] < w[1]), "sorted");
-        let frame = encode_frame(&ServerMessage::Reply(replies[0].clone())).unwrap();
-        assert!(frame.len() <= MAX_FRAME_LEN / 2, "{} bytes", frame.len());
+        last.unwrap().replies.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn user_lists_of_a_big_room_fit_in_a_frame_and_count_the_rest() {
+        // The longest nicks make the biggest frame; the shortest the most list entries,
+        // which the decoder's limit counts as memory.
+        for (members, nick) in [
+            (
+                3000,
+                Box::new(|id| format!("{id:0>32}")) as Box<dyn Fn(u64) -> String>,
+            ),
+            (10_000, Box::new(|id| format!("{id}"))),
+        ] {
+            let replies = fill_room(members, nick);
+            let Some(Reply::Joined { users, more }) = replies.first() else {
+                panic!("expected a join answer, got {replies:?}");
+            };
+            assert_eq!(users.len() + *more as usize, members as usize);
+            assert!(*more > 0, "{members} nicks cannot all be listed");
+            assert!(users.windows(2).all(|w| w[0] < w[1]), "sorted");
+            let frame = encode_frame(&ServerMessage::Reply(replies[0].clone())).unwrap();
+            assert!(frame.len() <= MAX_FRAME_LEN / 2, "{} bytes", frame.len());
+            // Clients must be able to decode it: the decoder's limit counts memory too.
+            let decoded: ServerMessage = decode(&frame[4..]).expect("the answer decodes");
+            assert_eq!(decoded, ServerMessage::Reply(replies[0].clone()));
+        }
     }
 }
