@@ -23,7 +23,6 @@ use protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,7 +45,6 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// Tracks writer tasks so shutdown can wait for them to flush.
     pub tracker: TaskTracker,
-    ping: Bytes,
     pong: Bytes,
 }
 
@@ -64,7 +62,6 @@ impl Shared {
             registry,
             stopping,
             tracker,
-            ping: encode(&ServerMessage::Ping),
             pong: encode(&ServerMessage::Pong),
         }
     }
@@ -230,22 +227,11 @@ async fn session(
         shared,
         bucket: TokenBucket::new(config.rate_per_sec, config.burst),
     };
-    let silence_limit = config.tick * config.silent_ticks;
-    let mut ticker = tokio::time::interval_at(Instant::now() + config.tick, config.tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    // Liveness is the registry's: it pings every connection each tick and drops those
+    // not heard from (see `Peer::tick`); the reader only stamps each frame.
     let reason = loop {
         tokio::select! {
             () = stop.cancelled() => break LeaveReason::ConnectionLost,
-            _ = ticker.tick() => {
-                if last_heard.elapsed() >= silence_limit {
-                    tracing::info!(%addr, node = %peer.node(), "silent for too long; dropping");
-                    peer.close(LeaveReason::Timeout);
-                    break LeaveReason::Timeout;
-                }
-                // A full queue is noticed by the registry's next delivery.
-                let _ = peer.push(shared.ping.clone());
-            }
             next = frames.next() => match next {
                 None => {
                     peer.abort();
@@ -258,7 +244,7 @@ async fn session(
                     break LeaveReason::ConnectionLost;
                 }
                 Some(Ok(message)) => {
-                    last_heard = Instant::now();
+                    peer.heard();
                     if let Some(reason) = reader.on_message(message).await {
                         break reason;
                     }

@@ -24,17 +24,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let registry = registry::spawn(REGISTRY_MAILBOX);
+    let registry = registry::spawn(REGISTRY_MAILBOX, config.tick * config.silent_ticks);
     let stopping = CancellationToken::new();
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_clients));
     let grace = config.shutdown_grace;
+    let config_tick = config.tick;
     let shared = Arc::new(Shared::new(
         config,
         registry.clone(),
         stopping.clone(),
         tracker.clone(),
     ));
+    tokio::spawn(tick(registry.clone(), config_tick, stopping.clone()));
     let mut next_id = 0;
     tokio::pin!(shutdown);
     loop {
@@ -68,5 +70,21 @@ pub async fn serve(
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close in time");
+    }
+}
+
+/// Sends the registry a liveness tick every `period` until the server stops.
+async fn tick(registry: registry::RegistryHandle, period: Duration, stopping: CancellationToken) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            _ = ticks.tick() => {
+                if !registry.send(registry::Command::Tick).await {
+                    return;
+                }
+            }
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! or a remote cluster node can later be a peer too, and the registry will not care.
 
 use std::net::SocketAddr;
-
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::codec::{self, CodecError};
@@ -61,6 +62,19 @@ pub trait Peer: Send + Sync {
     fn close(&self, reason: LeaveReason);
     /// The peer's node name, for logs.
     fn node(&self) -> &NodeName;
+    /// Called once per liveness tick: probe the peer, and say whether it has been heard
+    /// from within `silence_limit`. A peer that has not is dropped (`timed out`).
+    fn tick(&self, silence_limit: Duration) -> bool;
+}
+
+/// The tick probe, encoded once for every native peer.
+static PING_FRAME: LazyLock<Bytes> =
+    LazyLock::new(|| codec::encode_frame(&ServerMessage::Ping).expect("a ping encodes"));
+
+/// Milliseconds since the first call: a clock cheap enough to stamp on every frame read.
+fn clock_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A connection of our native protocol: a bounded queue drained by its writer task, and a
@@ -72,6 +86,8 @@ pub struct NativePeer {
     addr: SocketAddr,
     outbox: Arc<Outbox>,
     stop: CancellationToken,
+    /// When the reader last got a frame ([`clock_ms`]).
+    last_heard: AtomicU64,
 }
 
 impl NativePeer {
@@ -87,7 +103,13 @@ impl NativePeer {
             addr,
             outbox,
             stop,
+            last_heard: AtomicU64::new(clock_ms()),
         }
+    }
+
+    /// Records that a frame arrived: the peer is alive.
+    pub fn heard(&self) {
+        self.last_heard.store(clock_ms(), Ordering::Relaxed);
     }
 
     /// The remote address, for logs.
@@ -140,6 +162,16 @@ impl Peer for NativePeer {
 
     fn node(&self) -> &NodeName {
         &self.node
+    }
+
+    fn tick(&self, silence_limit: Duration) -> bool {
+        let silent_ms = clock_ms().saturating_sub(self.last_heard.load(Ordering::Relaxed));
+        if u128::from(silent_ms) >= silence_limit.as_millis() {
+            return false;
+        }
+        // A full queue is noticed by the registry's next delivery.
+        let _ = self.push(PING_FRAME.clone());
+        true
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::limits::{self, NickError};
 use protocol::{Event, EventKind, LeaveReason, Reply};
@@ -70,6 +71,8 @@ pub enum Command {
         /// The asker.
         id: ConnId,
     },
+    /// A liveness tick: probe every connection, drop those silent for too long.
+    Tick,
     /// Tell every connection the server is shutting down and close them.
     Shutdown {
         /// Answered once every connection has been told.
@@ -100,10 +103,15 @@ impl RegistryHandle {
     }
 }
 
-/// Starts the registry actor with a mailbox of `mailbox` commands.
-pub fn spawn(mailbox: usize) -> RegistryHandle {
+/// Starts the registry actor with a mailbox of `mailbox` commands; on each
+/// [`Command::Tick`] it drops connections silent for `silence_limit`.
+pub fn spawn(mailbox: usize, silence_limit: Duration) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(mailbox);
-    tokio::spawn(Registry::default().run(rx));
+    let registry = Registry {
+        silence_limit,
+        ..Registry::default()
+    };
+    tokio::spawn(registry.run(rx));
     RegistryHandle { tx }
 }
 
@@ -124,6 +132,8 @@ struct Registry {
     /// Set by [`Command::Shutdown`]: everyone has been told, so departures are no
     /// longer broadcast.
     shutting_down: bool,
+    /// A connection not heard from for this long is dropped at the next tick.
+    silence_limit: Duration,
 }
 
 impl Registry {
@@ -167,6 +177,7 @@ impl Registry {
                 let (users, more) = self.user_list();
                 self.reply(id, Reply::Users { users, more });
             }
+            Command::Tick => self.tick(),
             Command::Shutdown { done } => {
                 self.shutting_down = true;
                 for connection in self.connections.values_mut() {
@@ -175,6 +186,25 @@ impl Registry {
                 }
                 let _ = done.send(());
             }
+        }
+    }
+
+    /// Probes every connection; drops the silent ones as timed out.
+    fn tick(&mut self) {
+        let silent: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| !connection.closed)
+            .filter(|(_, connection)| !connection.peer.tick(self.silence_limit))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            if let Some(connection) = self.connections.get_mut(&id) {
+                connection.closed = true;
+                tracing::info!(node = %connection.peer.node(), "silent for too long; dropping");
+                connection.peer.close(LeaveReason::Timeout);
+            }
+            self.remove_member(id, LeaveReason::Timeout);
         }
     }
 
@@ -353,6 +383,9 @@ mod tests {
         fn close(&self, _reason: LeaveReason) {}
         fn node(&self) -> &NodeName {
             &self.node
+        }
+        fn tick(&self, _silence_limit: Duration) -> bool {
+            true
         }
     }
 
