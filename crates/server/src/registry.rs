@@ -90,7 +90,15 @@ impl RegistryHandle {
     /// Sends a command; waits only if the mailbox is full (back-pressure on readers).
     /// Returns false once the registry has stopped.
     pub async fn send(&self, command: Command) -> bool {
-        self.tx.send(command).await.is_ok()
+        match self.tx.try_send(command) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // Boxed: waiting is rare, and inline the wait's state would enlarge every
+            // connection's task for its whole life.
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                Box::pin(self.tx.send(command)).await.is_ok()
+            }
+        }
     }
 
     /// Tells every connection that the server is shutting down; returns once they all
