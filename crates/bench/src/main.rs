@@ -194,8 +194,10 @@ struct IdleArgs {
     /// Idle joined connections (a comma-separated list runs each).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     clients: Vec<usize>,
-    /// Clients connecting at once.
-    #[arg(long, default_value_t = 100)]
+    /// Clients joining at once (as the join workload). Each join is broadcast to the
+    /// whole room, so many at once measure how much of that burst the allocator keeps,
+    /// not what an idle member costs.
+    #[arg(long, default_value_t = 10)]
     in_flight: usize,
     /// Seconds to wait after the last join broadcast before reading RSS.
     #[arg(long, default_value_t = 1.0)]
@@ -370,7 +372,7 @@ fn plan(mode: &Mode) -> Result<Vec<Workload>> {
             for &clients in &a.idle_clients {
                 plan.push(Workload::Idle {
                     clients,
-                    in_flight: 100,
+                    in_flight: 10,
                     settle: Duration::from_secs(1),
                 });
             }
