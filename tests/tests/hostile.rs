@@ -27,16 +27,28 @@ fn still_chatting(ann: &mut Client, bob: &mut Client, tag: &str) {
 
 #[test]
 fn a_slow_consumer_is_dropped_and_the_others_keep_receiving_everything_in_order() {
-    let (_ctx, server, mut ann, mut bob) = room(&[
-        "--send-queue",
-        "16",
+    slow_consumer_is_dropped(&["--send-queue", "16"]);
+}
+
+#[test]
+fn the_send_queue_byte_budget_drops_a_slow_consumer_too() {
+    // 256 KiB: sixteen of the 16 KB messages, however many frames the queue may hold.
+    slow_consumer_is_dropped(&["--send-queue", "100000", "--send-queue-bytes", "262144"]);
+}
+
+/// A sloth that never reads is dropped once the send-queue limits in `limits` are hit,
+/// while ann and bob receive every message in order.
+fn slow_consumer_is_dropped(limits: &[&str]) {
+    let mut args = vec![
         "--max-text",
         "16384",
         "--rate",
         "100000",
         "--burst",
         "100000",
-    ]);
+    ];
+    args.extend_from_slice(limits);
+    let (_ctx, server, mut ann, mut bob) = room(&args);
     // The sloth joins and then never reads; its receive buffer is small so that its
     // socket fills up quickly.
     let mut sloth = RawClient::connect_small_buffer("sloth", server.port(), 4096);

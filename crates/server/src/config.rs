@@ -25,6 +25,10 @@ pub struct ServerConfig {
     /// Frames a connection may have queued for sending before it counts as a slow
     /// consumer and is dropped.
     pub send_queue_frames: usize,
+    /// Bytes a connection may have queued for sending before it counts as a slow consumer
+    /// (IRC's SendQ); with the batch being written, at most twice this is held per
+    /// connection.
+    pub send_queue_bytes: usize,
     /// Flood limit: messages per second allowed on average per connection.
     pub rate_per_sec: f64,
     /// Flood limit: messages allowed in a burst; this many refused in a row disconnects.
@@ -45,6 +49,7 @@ impl ServerConfig {
             max_clients: 10_000,
             max_text_len: limits::DEFAULT_MAX_TEXT_LEN,
             send_queue_frames: 1024,
+            send_queue_bytes: 4 * 1024 * 1024,
             rate_per_sec: 10.0,
             burst: 20,
             shutdown_grace: Duration::from_secs(3),

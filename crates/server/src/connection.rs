@@ -204,7 +204,10 @@ async fn session(
 ) {
     let config = &shared.config;
     let (read_half, write_half) = stream.into_split();
-    let outbox = Arc::new(Outbox::new(config.send_queue_frames));
+    let outbox = Arc::new(Outbox::new(
+        config.send_queue_frames,
+        config.send_queue_bytes,
+    ));
     let stop = CancellationToken::new();
     let peer = Arc::new(NativePeer::new(node, addr, outbox.clone(), stop.clone()));
     shared

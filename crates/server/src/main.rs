@@ -87,6 +87,9 @@ struct RoomArgs {
     /// Frames queued for a client before it counts as too slow and is dropped.
     #[arg(long, default_value_t = 1024, value_name = "FRAMES")]
     send_queue: usize,
+    /// Bytes queued for a client before it counts as too slow and is dropped (SendQ).
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    send_queue_bytes: usize,
     /// Flood limit: messages per second per client, on average.
     #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND")]
     rate: f64,
@@ -218,6 +221,13 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.max_clients = args.max_clients;
     config.max_text_len = args.max_text;
     config.send_queue_frames = args.send_queue.max(1);
+    if args.send_queue_bytes < protocol::limits::MAX_FRAME_LEN + 4 {
+        bail!(
+            "--send-queue-bytes must hold at least one whole frame ({} bytes)",
+            protocol::limits::MAX_FRAME_LEN + 4
+        );
+    }
+    config.send_queue_bytes = args.send_queue_bytes;
     config.rate_per_sec = args.rate;
     config.burst = args.burst.max(1);
     Ok(config)

@@ -20,12 +20,15 @@ use crate::peer::DeliveryError;
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
-    limit: usize,
+    max_frames: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
+    /// Total length of `frames`.
+    bytes: usize,
     /// No more frames: write what is queued, then close.
     finishing: bool,
     /// The writer is gone: refuse everything.
@@ -42,12 +45,14 @@ pub struct Batch {
 }
 
 impl Outbox {
-    /// An empty queue holding at most `limit` frames.
-    pub fn new(limit: usize) -> Self {
+    /// An empty queue holding at most `max_frames` frames and `max_bytes` bytes (the
+    /// writer may hold as much again in the batch it is writing).
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::default(),
             ready: Notify::new(),
-            limit: limit.max(1),
+            max_frames: max_frames.max(1),
+            max_bytes: max_bytes.max(1),
         }
     }
 
@@ -64,10 +69,11 @@ impl Outbox {
         if state.closed || state.finishing {
             return Err(DeliveryError::Closed);
         }
-        if state.frames.len() >= self.limit {
+        if state.frames.len() >= self.max_frames || state.bytes + frame.len() > self.max_bytes {
             return Err(DeliveryError::QueueFull);
         }
         let wake = state.frames.is_empty();
+        state.bytes += frame.len();
         state.frames.push_back(frame);
         drop(state);
         // A writer busy with an earlier batch looks again before it sleeps.
@@ -88,6 +94,7 @@ impl Outbox {
         let mut state = self.lock();
         state.closed = true;
         state.frames = VecDeque::new();
+        state.bytes = 0;
     }
 
     /// Waits for frames (or the end) and takes all of them, leaving the queue empty and
@@ -97,6 +104,7 @@ impl Outbox {
             {
                 let mut state = self.lock();
                 if !state.frames.is_empty() || state.finishing || state.closed {
+                    state.bytes = 0;
                     return Batch {
                         frames: std::mem::take(&mut state.frames),
                         last: state.finishing || state.closed,
@@ -114,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_out_in_order_and_the_limit_holds() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, 1024);
         outbox.push(Bytes::from_static(b"a")).unwrap();
         outbox.push(Bytes::from_static(b"b")).unwrap();
         assert_eq!(
@@ -136,8 +144,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_byte_budget_holds_too() {
+        let outbox = Outbox::new(100, 10);
+        outbox.push(Bytes::from_static(b"123456")).unwrap();
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"12345")),
+            Err(DeliveryError::QueueFull)
+        );
+        outbox.push(Bytes::from_static(b"1234")).unwrap();
+        // Taking a batch frees the budget.
+        assert_eq!(outbox.next_batch().await.frames.len(), 2);
+        outbox.push(Bytes::from_static(b"1234567890")).unwrap();
+    }
+
+    #[tokio::test]
     async fn a_waiting_writer_is_woken() {
-        let outbox = std::sync::Arc::new(Outbox::new(8));
+        let outbox = std::sync::Arc::new(Outbox::new(8, 1024));
         let writer = {
             let outbox = outbox.clone();
             tokio::spawn(async move { outbox.next_batch().await })
