@@ -49,6 +49,7 @@
 use std::time::Duration;
 
 pub mod bins;
+pub mod chaos;
 pub mod net;
 pub mod nodes;
 pub mod process;

@@ -1,0 +1,1261 @@
+//! The chaos suite: the real `chat-server` under floods, slowloris, garbage, a slow
+//! consumer, churn and a shutdown with many clients, each scenario printing its numbers
+//! (connections tried, bytes sent, messages checked, server RSS from `/proc`).
+//!
+//! The short form runs with `cargo test --workspace` (the whole file in well under a
+//! minute). The long form is the same tests scaled up:
+//!
+//! ```sh
+//! CHAOS_SCALE=long cargo test -p chat-tests --test chaos -- --nocapture --test-threads 1
+//! ```
+//!
+//! | Scenario | short | long |
+//! |---|---|---|
+//! | a) flood | 2,000 says, 20 bystander messages | 10,000 says, 60 bystander messages |
+//! | b) slowloris | 200 connections | 1,000 connections |
+//! | c) garbage | 50 rounds of every attack | 500 rounds |
+//! | d) slow consumer | default queue limits (1024 frames, 4 MiB) | the same, 3 sloths |
+//! | e) churn | 50 clients for 10 s | 200 clients for 60 s |
+//! | f) SIGTERM | 100 clients | 500 clients |
+//! | g) SIGTERM, a reader that never reads | 3 MB queued | the same |
+//!
+//! Many connections run as async raw protocol clients in one tokio runtime
+//! ([`chat_tests::chaos::AsyncRaw`]) rather than as hundreds of processes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_tests::chaos::{AsyncRaw, Memory, Rng, memory, raise_open_files_limit, scaled};
+use chat_tests::{COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
+use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot build a tokio runtime")
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn report(scenario: &str, numbers: &[(&str, String)]) {
+    let body: Vec<String> = numbers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    eprintln!(
+        "chaos {scenario} [{}]: {}",
+        scaled("short", "long"),
+        body.join(", ")
+    );
+}
+
+fn rss_line(before: Memory, after: Memory) -> String {
+    format!(
+        "{:.1} MiB -> {:.1} MiB (peak {:.1} MiB)",
+        mib(before.rss_kib),
+        mib(after.rss_kib),
+        mib(after.peak_kib)
+    )
+}
+
+/// Waits for an event matching `pred` on `raw`, skipping others.
+async fn expect_event(raw: &mut AsyncRaw, what: &str, pred: impl Fn(&EventKind) -> bool) -> Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match raw.recv(left).await {
+            Ok(Some(ServerMessage::Event(ev))) if pred(&ev.kind) => return ev,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("closed while waiting for {what}"),
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+}
+
+fn left_with<'a>(nick: &'a str, why: LeaveReason) -> impl Fn(&EventKind) -> bool + 'a {
+    move |k| matches!(k, EventKind::Left { nick: n, reason } if n == nick && *reason == why)
+}
+
+// ---------------------------------------------------------------------------------------
+// a) flood
+
+#[test]
+fn a_flood_is_throttled_then_dropped_while_a_bystander_pair_keeps_talking() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &["--rate", "5", "--burst", "5"]);
+    let port = server.port();
+    let name = server.name().to_string();
+    let says: u64 = scaled(2_000, 10_000);
+    let pair_messages: u64 = scaled(20, 60);
+    let before = memory(server.proc.pid());
+
+    let rt = runtime();
+    let (sent, bytes, slow_downs, closing, pair_checked) = rt.block_on(async {
+        let mut ann = AsyncRaw::open_joined(port, &name, COOKIE, "ann")
+            .await
+            .unwrap();
+        let mut bob = AsyncRaw::open_joined(port, &name, COOKIE, "bob")
+            .await
+            .unwrap();
+        let mut flooder = AsyncRaw::open_joined(port, &name, COOKIE, "flooder")
+            .await
+            .unwrap();
+        expect_event(
+            &mut bob,
+            "flooder joined",
+            |k| matches!(k, EventKind::Joined { nick } if nick == "flooder"),
+        )
+        .await;
+
+        // The bystander pair: ann says numbered messages at 4 per second (under the
+        // limit of 5) while the flood runs; bob must get them all, in order.
+        let pair = tokio::spawn(async move {
+            let talk = async {
+                for i in 0..pair_messages {
+                    ann.send(&ClientMessage::Say {
+                        text: format!("pair {i:04}"),
+                    })
+                    .await
+                    .expect("ann says");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            let listen = async {
+                let mut next = 0;
+                let mut flooder_left = None;
+                let deadline = Instant::now() + LONG + Duration::from_secs(pair_messages / 4);
+                while next < pair_messages || flooder_left.is_none() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match bob.recv(left).await {
+                        Ok(Some(ServerMessage::Event(ev))) => match ev.kind {
+                            EventKind::Message { from, text } if from == "ann" => {
+                                assert_eq!(text, format!("pair {next:04}"), "bob: out of order");
+                                next += 1;
+                            }
+                            EventKind::Left { nick, reason } if nick == "flooder" => {
+                                flooder_left = Some(reason);
+                            }
+                            _ => {}
+                        },
+                        Ok(Some(_)) => {}
+                        Ok(None) => panic!("bob was disconnected"),
+                        Err(e) => panic!("bob got {next}/{pair_messages}: {e}"),
+                    }
+                }
+                assert_eq!(
+                    flooder_left,
+                    Some(LeaveReason::Flooding),
+                    "bob saw the flooder leave for the wrong reason"
+                );
+                next
+            };
+            let ((), got) = tokio::join!(talk, listen);
+            got
+        });
+
+        // The flood: as fast as the socket takes it, until the server closes it.
+        let mut sent = 0u64;
+        for i in 0..says {
+            let msg = ClientMessage::Say {
+                text: format!("flood {i:06}"),
+            };
+            if flooder.send(&msg).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let bytes = flooder.bytes_sent;
+        let mut slow_downs = 0u64;
+        let mut closing = None;
+        loop {
+            match flooder.recv(WAIT).await {
+                Ok(Some(ServerMessage::Reply(Reply::SlowDown))) => {
+                    assert!(closing.is_none(), "SlowDown after Closing");
+                    slow_downs += 1;
+                }
+                Ok(Some(ServerMessage::Closing { reason })) => closing = Some(reason),
+                Ok(Some(other)) => assert!(closing.is_none(), "{other:?} after Closing"),
+                Ok(None) => break,
+                Err(e) => panic!("flooder still connected: {e}"),
+            }
+        }
+        let checked = pair.await.expect("bystander pair");
+        (sent, bytes, slow_downs, closing, checked)
+    });
+    let after = memory(server.proc.pid());
+    report(
+        "a) flood",
+        &[
+            ("connections", "3".into()),
+            ("says sent", sent.to_string()),
+            ("bytes sent", bytes.to_string()),
+            ("SlowDown replies", slow_downs.to_string()),
+            ("bystander messages checked", pair_checked.to_string()),
+            ("server RSS", rss_line(before, after)),
+        ],
+    );
+    assert!(slow_downs > 0, "the flooder was never told to slow down");
+    assert!(
+        slow_downs <= 5,
+        "{slow_downs} SlowDown replies: --burst 5 refusals in a row should disconnect"
+    );
+    assert_eq!(closing, Some(LeaveReason::Flooding), "Closing reason");
+    assert_eq!(pair_checked, pair_messages);
+}
+
+// ---------------------------------------------------------------------------------------
+// b) slowloris
+
+#[test]
+fn b_slowloris_connections_are_all_closed_after_the_handshake_timeout_while_others_chat() {
+    let limit = raise_open_files_limit();
+    let wanted: u64 = scaled(200, 1_000);
+    // Keep well inside the limit: the test process and the server each hold one
+    // descriptor per connection, plus the other tests running in parallel.
+    let count = wanted.min(limit.saturating_sub(200) / 2).max(10);
+    let ctx = Ctx::new();
+    let server = ctx.start_server(
+        "server@localhost",
+        &["--handshake-timeout", "1", "--max-clients", "20000"],
+    );
+    let port = server.port();
+    let before = memory(server.proc.pid());
+    let rt = runtime();
+    let started = Instant::now();
+    // Three kinds of stall: nothing at all, the preamble only, half a frame.
+    let mut lorises = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..count {
+            let mut raw = AsyncRaw::connect(port).await.expect("slowloris connect");
+            match i % 3 {
+                0 => {}
+                1 => raw.write_bytes(&protocol::PREAMBLE).await.unwrap(),
+                _ => {
+                    raw.write_bytes(&protocol::PREAMBLE).await.unwrap();
+                    raw.write_bytes(&[0, 0, 0, 40, 1, 2]).await.unwrap();
+                }
+            }
+            v.push(raw);
+        }
+        v
+    });
+    let opened_in = started.elapsed();
+
+    // Meanwhile real clients join and chat.
+    let mut ann = ctx.join(&server, "ann");
+    let mut bob = ctx.join(&server, "bob");
+    ann.send("hello through the slowloris");
+    bob.expect_say("ann", "hello through the slowloris");
+    bob.send("and back");
+    ann.expect_say("bob", "and back");
+
+    // Every stalled connection reads EOF, all of them within the timeout and a margin.
+    let closed_after = rt.block_on(async {
+        let tasks: Vec<_> = lorises
+            .drain(..)
+            .map(|mut raw| {
+                tokio::spawn(
+                    async move { raw.until_closed(LONG).await.map(|()| started.elapsed()) },
+                )
+            })
+            .collect();
+        let mut latest = Duration::ZERO;
+        for t in tasks {
+            let at = t
+                .await
+                .unwrap()
+                .expect("a slowloris connection stayed open");
+            latest = latest.max(at);
+        }
+        latest
+    });
+    let after = memory(server.proc.pid());
+    report(
+        "b) slowloris",
+        &[
+            ("connections", count.to_string()),
+            ("open-files limit", limit.to_string()),
+            ("opened in", format!("{opened_in:?}")),
+            ("last closed after", format!("{closed_after:?}")),
+            ("server RSS", rss_line(before, after)),
+        ],
+    );
+    assert!(
+        closed_after < opened_in + Duration::from_secs(10),
+        "the last stalled connection was closed {closed_after:?} after the first opened"
+    );
+    // The real clients were not affected.
+    ann.send("still here");
+    bob.expect_say("ann", "still here");
+}
+
+// ---------------------------------------------------------------------------------------
+// c) garbage
+
+/// What the server did with one hostile input.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Answered with this reply and kept the connection.
+    Reply(Reply),
+    /// Sent `Closing` with this reason, then closed.
+    Closing(LeaveReason),
+    /// Closed without a word.
+    Closed,
+}
+
+/// Reads what the server does next on `raw`: a reply, or a close (with or without a
+/// `Closing` first).
+async fn outcome(raw: &mut AsyncRaw) -> Outcome {
+    loop {
+        match raw.recv(WAIT).await {
+            Ok(Some(ServerMessage::Reply(r))) => return Outcome::Reply(r),
+            Ok(Some(ServerMessage::Closing { reason })) => {
+                raw.until_closed(WAIT).await.expect("open after Closing");
+                return Outcome::Closing(reason);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Outcome::Closed,
+            Err(e) => panic!("no answer to a hostile input: {e}"),
+        }
+    }
+}
+
+/// A Say frame whose text is `len` bytes of invalid UTF-8.
+fn say_with_invalid_utf8(len: usize) -> Vec<u8> {
+    let text = "a".repeat(len);
+    let frame = protocol::codec::encode_frame(&ClientMessage::Say { text }).unwrap();
+    let mut bytes = frame.to_vec();
+    let n = bytes.len();
+    for b in &mut bytes[n - len..] {
+        *b = 0xff;
+    }
+    bytes
+}
+
+/// A whole Say frame with a `len`-byte text, encoded by hand (the codec refuses to
+/// encode more than a frame holds).
+fn oversized_say(len: u32) -> Vec<u8> {
+    // bincode: variant 2 (Say), then the length as a varint (0xfc: u32 follows).
+    let mut payload = vec![2u8, 0xfc];
+    payload.extend_from_slice(&len.to_le_bytes());
+    payload.resize(payload.len() + len as usize, b'b');
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+#[test]
+fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server(
+        "server@localhost",
+        &["--rate", "100000", "--burst", "100000"],
+    );
+    let port = server.port();
+    let name = server.name().to_string();
+    let pid = server.proc.pid();
+    let rounds: u64 = scaled(50, 500);
+    let rt = runtime();
+    let (before, connections, bytes, checked, seen) = rt.block_on(async {
+        let mut watcher = AsyncRaw::open_joined(port, &name, COOKIE, "watcher")
+            .await
+            .unwrap();
+        // One warm-up round so that the allocator has its working set before measuring.
+        let mut connections = 0u64;
+        let mut bytes = 0u64;
+        let mut checked = 0u64;
+        let mut before = None;
+        let mut seen = BTreeSet::new();
+        for round in 0..=rounds {
+            if round == 1 {
+                before = Some(memory(pid));
+            }
+            // 1. Garbage instead of the preamble: closed.
+            let mut raw = AsyncRaw::connect(port).await.unwrap();
+            raw.write_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            raw.until_closed(WAIT).await.expect("garbage preamble");
+            bytes += raw.bytes_sent;
+            connections += 1;
+
+            // 2. A 4 GiB length prefix after joining: closed as a protocol error, and
+            // the room is told.
+            let nick = format!("huge{round}");
+            let mut raw = AsyncRaw::open_joined(port, &name, COOKIE, &nick)
+                .await
+                .unwrap();
+            raw.write_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+                .await
+                .unwrap();
+            assert_eq!(
+                outcome(&mut raw).await,
+                Outcome::Closing(LeaveReason::ProtocolError),
+                "4 GiB length prefix"
+            );
+            expect_event(
+                &mut watcher,
+                "huge left",
+                left_with(&nick, LeaveReason::ProtocolError),
+            )
+            .await;
+            bytes += raw.bytes_sent;
+            connections += 1;
+
+            // 3. A truncated frame, then EOF: the connection is gone, the nick freed.
+            let nick = format!("trunc{round}");
+            let mut raw = AsyncRaw::open_joined(port, &name, COOKIE, &nick)
+                .await
+                .unwrap();
+            let frame = protocol::codec::encode_frame(&ClientMessage::Say {
+                text: "cut short".into(),
+            })
+            .unwrap();
+            raw.write_bytes(&frame[..frame.len() - 3]).await.unwrap();
+            raw.shutdown_write().await.unwrap();
+            raw.until_closed(WAIT).await.expect("truncated frame");
+            let ev = expect_event(
+                &mut watcher,
+                "trunc left",
+                |k| matches!(k, EventKind::Left { nick: n, .. } if *n == nick),
+            )
+            .await;
+            assert!(
+                matches!(
+                    ev.kind,
+                    EventKind::Left {
+                        reason: LeaveReason::ConnectionLost | LeaveReason::ProtocolError,
+                        ..
+                    }
+                ),
+                "truncated frame: {ev:?}"
+            );
+            if let EventKind::Left { reason, .. } = ev.kind {
+                seen.insert(format!("truncated frame: room told {reason:?}"));
+            }
+            bytes += raw.bytes_sent;
+            connections += 1;
+
+            // 4. Invalid UTF-8 inside a Say, then over-long nicks and texts on one
+            // joined connection.
+            let nick = format!("bad{round}");
+            let mut raw = AsyncRaw::open(port, &format!("{nick}@localhost"), &name, COOKIE)
+                .await
+                .unwrap();
+            for bad in [
+                "n".repeat(33),
+                "é".repeat(17),
+                "x".repeat(60_000),
+                "with space".into(),
+                "SeRvEr".into(),
+            ] {
+                let out = {
+                    raw.send(&ClientMessage::Join { nick: bad.clone() })
+                        .await
+                        .unwrap();
+                    outcome(&mut raw).await
+                };
+                assert!(
+                    matches!(
+                        out,
+                        Outcome::Reply(Reply::InvalidNick { .. } | Reply::NickNotAllowed)
+                    ),
+                    "nick of {} bytes: {out:?}",
+                    bad.len()
+                );
+                checked += 1;
+            }
+            assert!(matches!(raw.join(&nick).await, Ok(Reply::Joined { .. })));
+            raw.send(&ClientMessage::Say {
+                text: "t".repeat(4097),
+            })
+            .await
+            .unwrap();
+            let out = outcome(&mut raw).await;
+            assert!(
+                matches!(out, Outcome::Reply(Reply::InvalidText { .. })),
+                "4097-byte text: {out:?}"
+            );
+            raw.send(&ClientMessage::Say {
+                text: "bell\u{7}".into(),
+            })
+            .await
+            .unwrap();
+            let out = outcome(&mut raw).await;
+            assert!(
+                matches!(out, Outcome::Reply(Reply::InvalidText { .. })),
+                "control character: {out:?}"
+            );
+            checked += 2;
+            raw.write_bytes(&say_with_invalid_utf8(100)).await.unwrap();
+            assert_eq!(
+                outcome(&mut raw).await,
+                Outcome::Closing(LeaveReason::ProtocolError),
+                "invalid UTF-8 in a Say"
+            );
+            expect_event(
+                &mut watcher,
+                "bad left",
+                left_with(&nick, LeaveReason::ProtocolError),
+            )
+            .await;
+            bytes += raw.bytes_sent;
+            connections += 1;
+
+            // 5. A text too long for a frame (over 64 KiB): closed before allocation.
+            let nick = format!("big{round}");
+            let mut raw = AsyncRaw::open_joined(port, &name, COOKIE, &nick)
+                .await
+                .unwrap();
+            let _ = raw.write_bytes(&oversized_say(70_000)).await;
+            let out = outcome(&mut raw).await;
+            assert!(
+                matches!(
+                    out,
+                    Outcome::Closing(LeaveReason::ProtocolError) | Outcome::Closed
+                ),
+                "70 KB frame: {out:?}"
+            );
+            seen.insert(format!("70 KB frame: {out:?}"));
+            expect_event(
+                &mut watcher,
+                "big left",
+                |k| matches!(k, EventKind::Left { nick: n, .. } if *n == nick),
+            )
+            .await;
+            bytes += raw.bytes_sent;
+            connections += 1;
+            checked += 5;
+        }
+        // No hostile text ever reached the watcher.
+        watcher.send(&ClientMessage::ListUsers).await.unwrap();
+        loop {
+            match watcher.recv(WAIT).await.unwrap() {
+                Some(ServerMessage::Reply(Reply::Users { users, .. })) => {
+                    assert_eq!(users, vec!["watcher".to_string()]);
+                    break;
+                }
+                Some(ServerMessage::Event(Event {
+                    kind: EventKind::Message { from, text },
+                    ..
+                })) => panic!("a hostile say reached the room: {from}: {:.40}", text),
+                Some(_) => {}
+                None => panic!("watcher closed"),
+            }
+        }
+        (before.unwrap(), connections, bytes, checked, seen)
+    });
+    let after = memory(pid);
+    report(
+        "c) garbage",
+        &[
+            ("rounds", rounds.to_string()),
+            ("connections", connections.to_string()),
+            ("bytes sent", bytes.to_string()),
+            ("answers checked", checked.to_string()),
+            ("variable outcomes", format!("{seen:?}")),
+            ("server RSS", rss_line(before, after)),
+        ],
+    );
+    let growth = after.rss_kib.saturating_sub(before.rss_kib);
+    assert!(
+        growth <= 8 * 1024,
+        "server RSS grew by {:.1} MiB under garbage",
+        mib(growth)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// d) slow consumer
+
+/// The documented bound on what a slow consumer may cost the server: the send queue
+/// (4 MiB by default) plus as much again in the write in progress, plus the kernel's
+/// buffers and the allocator's slack; 24 MiB over the RSS before, per sloth.
+const SLOW_CONSUMER_RSS_BOUND_KIB: u64 = 24 * 1024;
+
+#[test]
+fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server(
+        "server@localhost",
+        &[
+            "--max-text",
+            "16384",
+            "--rate",
+            "100000",
+            "--burst",
+            "100000",
+        ],
+    );
+    let port = server.port();
+    let name = server.name().to_string();
+    let pid = server.proc.pid();
+    let sloth_count: usize = scaled(1, 3);
+    let before = memory(pid);
+
+    // The sloths join with a small receive buffer and never read again.
+    let mut sloths: Vec<RawClient> = (0..sloth_count)
+        .map(|i| {
+            let nick = format!("sloth{i}");
+            let mut s = RawClient::connect_small_buffer(&nick, port, 4096);
+            s.handshake(&format!("{nick}@localhost"), &name, COOKIE)
+                .expect("sloth handshake");
+            assert!(matches!(s.join(&nick), Reply::Joined { .. }));
+            s
+        })
+        .collect();
+
+    let rt = runtime();
+    let (sent, bytes, bystander_checked, worst_latency, peak) = rt.block_on(async {
+        let mut talker = AsyncRaw::open_joined(port, &name, COOKIE, "talker")
+            .await
+            .unwrap();
+        let mut ann = AsyncRaw::open_joined(port, &name, COOKIE, "ann")
+            .await
+            .unwrap();
+        let mut bob = AsyncRaw::open_joined(port, &name, COOKIE, "bob")
+            .await
+            .unwrap();
+        expect_event(
+            &mut ann,
+            "bob joined",
+            |k| matches!(k, EventKind::Joined { nick } if nick == "bob"),
+        )
+        .await;
+        let padding = "x".repeat(16_000);
+        let mut sent = 0u64;
+        let mut checked = 0u64;
+        let mut worst = Duration::ZERO;
+        let mut dropped: BTreeSet<String> = BTreeSet::new();
+        let mut peak = 0u64;
+        // Batches of 8 big messages; ann and bob read each batch whole (so they are
+        // never slow), and bob pings ann once per batch to measure her latency.
+        while dropped.len() < sloth_count {
+            assert!(
+                sent < 20_000,
+                "the sloths were never dropped after {sent} messages"
+            );
+            let first = sent;
+            for _ in 0..8 {
+                talker
+                    .send(&ClientMessage::Say {
+                        text: format!("msg {sent:06} {padding}"),
+                    })
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            let t0 = Instant::now();
+            bob.send(&ClientMessage::Say {
+                text: format!("bob {first}"),
+            })
+            .await
+            .unwrap();
+            let mut next_ann = first;
+            let mut bob_seen = false;
+            while next_ann < sent || !bob_seen {
+                match ann.recv(WAIT).await {
+                    Ok(Some(ServerMessage::Event(ev))) => match ev.kind {
+                        EventKind::Message { from, text } if from == "talker" => {
+                            assert!(text.starts_with(&format!("msg {next_ann:06} ")));
+                            next_ann += 1;
+                            checked += 1;
+                        }
+                        EventKind::Message { from, text } if from == "bob" => {
+                            assert_eq!(text, format!("bob {first}"));
+                            worst = worst.max(t0.elapsed());
+                            bob_seen = true;
+                            checked += 1;
+                        }
+                        EventKind::Left { nick, reason } => {
+                            assert!(nick.starts_with("sloth"), "{nick} left: {reason:?}");
+                            assert_eq!(reason, LeaveReason::SendQueueExceeded);
+                            dropped.insert(nick);
+                        }
+                        _ => {}
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("ann was disconnected"),
+                    Err(e) => panic!("ann: {e} ({next_ann}/{sent})"),
+                }
+            }
+            let mut next_bob = first;
+            while next_bob < sent {
+                match bob.recv(WAIT).await {
+                    Ok(Some(ServerMessage::Event(Event {
+                        kind: EventKind::Message { from, text },
+                        ..
+                    }))) if from == "talker" => {
+                        assert!(text.starts_with(&format!("msg {next_bob:06} ")));
+                        next_bob += 1;
+                        checked += 1;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("bob was disconnected"),
+                    Err(e) => panic!("bob: {e}"),
+                }
+            }
+            peak = peak.max(memory(pid).rss_kib);
+        }
+        (sent, talker.bytes_sent, checked, worst, peak)
+    });
+    // The sloths' connections are closed (they read EOF once their buffers drain).
+    for s in &mut sloths {
+        s.expect_closed(LONG);
+    }
+    let after = memory(pid);
+    report(
+        "d) slow consumer",
+        &[
+            ("sloths", sloth_count.to_string()),
+            ("messages sent", sent.to_string()),
+            ("bytes sent", bytes.to_string()),
+            ("bystander messages checked", bystander_checked.to_string()),
+            ("worst bystander latency", format!("{worst_latency:?}")),
+            ("peak RSS sampled", format!("{:.1} MiB", mib(peak))),
+            ("server RSS", rss_line(before, after)),
+        ],
+    );
+    let bound = before.rss_kib + SLOW_CONSUMER_RSS_BOUND_KIB * sloth_count as u64;
+    assert!(
+        after.peak_kib <= bound,
+        "server peak RSS {:.1} MiB over the bound {:.1} MiB",
+        mib(after.peak_kib),
+        mib(bound)
+    );
+    assert!(
+        worst_latency < Duration::from_secs(5),
+        "a bystander waited {worst_latency:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// e) churn
+
+/// One session of a churning client, as it saw it.
+#[derive(Default)]
+struct Session {
+    nick: String,
+    /// Room events received, in order: (room seq, sender, per-sender seq).
+    received: Vec<(u64, String, u64)>,
+    /// Messages this session said (all accepted: no SlowDown came back).
+    said: u64,
+    /// Still connected at the end of the churn.
+    survivor: bool,
+    /// The room seq of the END marker, for survivors.
+    end_seq: Option<u64>,
+}
+
+struct ChurnTotals {
+    sessions: AtomicU64,
+    abrupt: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Parses `"<nick> <seq>"`.
+fn parse_churn(text: &str) -> Option<(String, u64)> {
+    let (nick, seq) = text.split_once(' ')?;
+    Some((nick.to_string(), seq.parse().ok()?))
+}
+
+/// One slot: sessions one after another until `until`; the last one stays connected,
+/// waits for `END` and reports.
+async fn churn_slot(
+    port: u16,
+    server: String,
+    slot: u64,
+    until: tokio::time::Instant,
+    end: Arc<tokio::sync::Notify>,
+    totals: Arc<ChurnTotals>,
+) -> Vec<Session> {
+    let mut rng = Rng::new(slot + 1);
+    let mut sessions = Vec::new();
+    let mut generation = 0;
+    loop {
+        let nick = format!("c{slot}g{generation}");
+        generation += 1;
+        let mut raw = match AsyncRaw::open_joined(port, &server, COOKIE, &nick).await {
+            Ok(raw) => raw,
+            Err(e) => panic!("{nick}: {e}"),
+        };
+        totals.sessions.fetch_add(1, Ordering::Relaxed);
+        let mut s = Session {
+            nick: nick.clone(),
+            ..Session::default()
+        };
+        let life = Duration::from_millis(rng.range(300, 3_000));
+        let session_end = (tokio::time::Instant::now() + life).min(until);
+        let last = session_end >= until;
+        let mut next_say = tokio::time::Instant::now() + Duration::from_millis(rng.range(20, 200));
+        let stop_at = if last { until } else { session_end };
+        // Talk and listen until the session ends.
+        loop {
+            tokio::select! {
+                got = raw.recv(LONG) => match got {
+                    Ok(Some(msg)) => record(&mut s, msg),
+                    Ok(None) => panic!("{nick}: disconnected by the server"),
+                    Err(e) => panic!("{nick}: {e}"),
+                },
+                () = tokio::time::sleep_until(next_say), if next_say < stop_at => {
+                    raw.send(&ClientMessage::Say { text: format!("{nick} {}", s.said) })
+                        .await
+                        .unwrap_or_else(|e| panic!("{nick}: cannot say: {e}"));
+                    s.said += 1;
+                    next_say += Duration::from_millis(rng.range(20, 200));
+                }
+                () = tokio::time::sleep_until(stop_at) => break,
+            }
+        }
+        if last {
+            // Survive: keep reading until the END marker.
+            s.survivor = true;
+            end.notified().await;
+            loop {
+                match raw.recv(LONG).await {
+                    Ok(Some(msg)) => {
+                        if let ServerMessage::Event(Event {
+                            seq,
+                            kind: EventKind::Message { from, text },
+                        }) = &msg
+                            && from == "ender"
+                            && text == "END"
+                        {
+                            s.end_seq = Some(*seq);
+                            break;
+                        }
+                        record(&mut s, msg);
+                    }
+                    Ok(None) => panic!("{nick}: disconnected awaiting END"),
+                    Err(e) => panic!("{nick}: awaiting END: {e}"),
+                }
+            }
+            totals.bytes.fetch_add(raw.bytes_sent, Ordering::Relaxed);
+            sessions.push(s);
+            // Keep the connection open until the registry has been checked.
+            end.notified().await;
+            drop(raw);
+            return sessions;
+        }
+        totals.bytes.fetch_add(raw.bytes_sent, Ordering::Relaxed);
+        if rng.chance(40) {
+            // Killed: the socket just goes away, no Leave.
+            totals.abrupt.fetch_add(1, Ordering::Relaxed);
+            drop(raw);
+        } else {
+            // A clean leave; events arriving meanwhile still count.
+            raw.send(&ClientMessage::Leave).await.unwrap();
+            loop {
+                match raw.recv(LONG).await {
+                    Ok(Some(ServerMessage::Reply(Reply::Left))) => break,
+                    Ok(Some(msg)) => record(&mut s, msg),
+                    Ok(None) => panic!("{nick}: closed while leaving"),
+                    Err(e) => panic!("{nick}: leaving: {e}"),
+                }
+            }
+        }
+        sessions.push(s);
+    }
+}
+
+fn record(s: &mut Session, msg: ServerMessage) {
+    match msg {
+        ServerMessage::Event(Event {
+            seq,
+            kind: EventKind::Message { from, text },
+        }) => {
+            let Some((sender, n)) = parse_churn(&text) else {
+                panic!("{}: unexpected text {text:?} from {from}", s.nick)
+            };
+            assert_eq!(sender, from, "{}: text {text:?} from {from}", s.nick);
+            s.received.push((seq, from, n));
+        }
+        ServerMessage::Reply(Reply::SlowDown) => panic!("{}: told to slow down", s.nick),
+        ServerMessage::Closing { reason } => panic!("{}: closed: {reason:?}", s.nick),
+        _ => {}
+    }
+}
+
+#[test]
+fn e_churn_loses_nothing_and_the_registry_ends_exact() {
+    raise_open_files_limit();
+    let clients: u64 = scaled(50, 200);
+    let duration = Duration::from_secs(scaled(10, 60));
+    let ctx = Ctx::new();
+    let server = ctx.start_server(
+        "server@localhost",
+        &[
+            "--rate",
+            "1000",
+            "--burst",
+            "1000",
+            "--max-clients",
+            "20000",
+        ],
+    );
+    let port = server.port();
+    let name = server.name().to_string();
+    let pid = server.proc.pid();
+    let before = memory(pid);
+
+    // A few real chat-client processes join and are killed with SIGKILL meanwhile.
+    let killed_procs: Vec<String> = (0..scaled(3, 10)).map(|i| format!("victim{i}")).collect();
+
+    let rt = runtime();
+    let totals = Arc::new(ChurnTotals {
+        sessions: AtomicU64::new(0),
+        abrupt: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    let end = Arc::new(tokio::sync::Notify::new());
+    let until = rt.block_on(async { tokio::time::Instant::now() }) + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|slot| {
+            rt.spawn(churn_slot(
+                port,
+                name.clone(),
+                slot,
+                until,
+                end.clone(),
+                totals.clone(),
+            ))
+        })
+        .collect();
+    for nick in &killed_procs {
+        let mut victim = ctx.join(&server, nick);
+        victim.proc.signal(Signal::Kill);
+    }
+    let mut peak_sampled = 0;
+    while tokio::time::Instant::now() < until {
+        peak_sampled = peak_sampled.max(memory(pid).rss_kib);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every slot's last session is now a survivor waiting to be told; the END marker
+    // goes out after all of them wait for it.
+    let (sessions, users) = rt.block_on(async {
+        let mut ender = AsyncRaw::open_joined(port, &name, COOKIE, "ender")
+            .await
+            .unwrap();
+        // notify_waiters only wakes tasks already waiting; wake them until all finished.
+        let mut sessions = Vec::new();
+        let mut pending = tasks;
+        let mut said_end = false;
+        let expected_survivors = clients as usize;
+        let deadline = Instant::now() + LONG;
+        // First wait until every slot has reached its survivor phase: poll the room
+        // until exactly the survivors, ender, and no victims are there.
+        let users = loop {
+            ender.send(&ClientMessage::ListUsers).await.unwrap();
+            let reply = ender.expect_reply().await.unwrap();
+            let Reply::Users { users: u, more } = reply else {
+                panic!("ListUsers answered {reply:?}")
+            };
+            assert_eq!(more, 0);
+            let survivors = u.iter().filter(|n| n.starts_with('c')).count();
+            let victims = u.iter().filter(|n| n.starts_with("victim")).count();
+            if survivors == expected_survivors && victims == 0 && u.len() == expected_survivors + 1
+            {
+                break u;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the room never settled to the survivors: {u:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        while !pending.is_empty() {
+            end.notify_waiters();
+            if !said_end {
+                ender
+                    .send(&ClientMessage::Say { text: "END".into() })
+                    .await
+                    .unwrap();
+                said_end = true;
+            }
+            let mut still = Vec::new();
+            for t in pending {
+                if t.is_finished() {
+                    sessions.extend(t.await.expect("churn task"));
+                } else {
+                    still.push(t);
+                }
+            }
+            pending = still;
+            assert!(Instant::now() < deadline, "churn tasks did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (sessions, users)
+    });
+
+    // The registry held exactly the connected nicks.
+    let mut expected: Vec<String> = sessions
+        .iter()
+        .filter(|s| s.survivor)
+        .map(|s| s.nick.clone())
+        .collect();
+    expected.push("ender".into());
+    expected.sort();
+    let mut users = users;
+    users.sort();
+    assert_eq!(users, expected, "the registry after churn");
+
+    // Every message: (sender, n) -> room seq, as anyone saw it.
+    let mut seq_of: HashMap<(String, u64), u64> = HashMap::new();
+    let mut said_by: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &sessions {
+        said_by.insert(s.nick.clone(), s.said);
+        for (seq, from, n) in &s.received {
+            if let Some(old) = seq_of.insert((from.clone(), *n), *seq) {
+                assert_eq!(old, *seq, "{from} {n} has two room seqs");
+            }
+        }
+    }
+    let mut checked = 0u64;
+    for s in &sessions {
+        // In room order, and in order per sender with no gap.
+        assert!(
+            s.received.windows(2).all(|w| w[0].0 < w[1].0),
+            "{}: events out of room order",
+            s.nick
+        );
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for (_, from, n) in &s.received {
+            if let Some(prev) = last.insert(from, *n) {
+                assert_eq!(*n, prev + 1, "{}: from {from}, {n} after {prev}", s.nick);
+            }
+            assert!(*n < said_by[from], "{}: {from} {n} was never said", s.nick);
+        }
+        // Every message anyone saw with a room seq between this session's first event
+        // and its last (or END, for survivors) was sent while it was in the room, so it
+        // must have it.
+        let Some(&(first, _, _)) = s.received.first() else {
+            continue;
+        };
+        let last_seq = s
+            .end_seq
+            .unwrap_or_else(|| s.received.last().map(|r| r.0).unwrap());
+        let got: BTreeSet<u64> = s.received.iter().map(|r| r.0).collect();
+        for ((from, n), seq) in &seq_of {
+            if *from != s.nick && *seq > first && *seq < last_seq {
+                assert!(
+                    got.contains(seq),
+                    "{} missed {from} {n} (room seq {seq}) while in the room ({first}..{last_seq})",
+                    s.nick
+                );
+                checked += 1;
+            }
+        }
+    }
+    let total_said: u64 = said_by.values().sum();
+    let total_received: usize = sessions.iter().map(|s| s.received.len()).sum();
+    let after = memory(pid);
+    report(
+        "e) churn",
+        &[
+            ("slots", clients.to_string()),
+            ("duration", format!("{duration:?}")),
+            (
+                "sessions",
+                totals.sessions.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "abrupt drops",
+                totals.abrupt.load(Ordering::Relaxed).to_string(),
+            ),
+            ("SIGKILLed chat-clients", killed_procs.len().to_string()),
+            (
+                "bytes sent",
+                totals.bytes.load(Ordering::Relaxed).to_string(),
+            ),
+            ("messages said", total_said.to_string()),
+            ("deliveries received", total_received.to_string()),
+            ("deliveries checked", checked.to_string()),
+            ("peak RSS sampled", format!("{:.1} MiB", mib(peak_sampled))),
+            ("server RSS", rss_line(before, after)),
+        ],
+    );
+    assert!(total_said > clients, "hardly anything was said");
+    assert!(checked > 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// f) SIGTERM
+
+#[test]
+fn f_sigterm_with_many_clients_tells_each_and_exits_zero_within_5_s() {
+    raise_open_files_limit();
+    let count: u64 = scaled(100, 500);
+    let ctx = Ctx::new();
+    let mut server: Server = ctx.start_server("server@localhost", &["--max-clients", "20000"]);
+    let port = server.port();
+    let name = server.name().to_string();
+    let pid = server.proc.pid();
+    let rt = runtime();
+    let clients = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..count {
+            v.push(
+                AsyncRaw::open_joined(port, &name, COOKIE, &format!("u{i}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    });
+    let mem = memory(pid);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut raw)| {
+            rt.spawn(async move {
+                let mut told = None;
+                loop {
+                    match raw.recv(LONG).await {
+                        Ok(Some(ServerMessage::Closing { reason })) => {
+                            assert!(told.is_none(), "u{i}: two Closing messages");
+                            told = Some(reason);
+                        }
+                        Ok(Some(other)) => {
+                            assert!(told.is_none(), "u{i}: {other:?} after Closing");
+                        }
+                        Ok(None) => return told,
+                        Err(e) => panic!("u{i}: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    server.proc.signal(Signal::Term);
+    let status = server.proc.wait_exit(LONG);
+    let exit_after = t0.elapsed();
+    let told: Vec<Option<LeaveReason>> = rt.block_on(async {
+        let mut v = Vec::new();
+        for r in readers {
+            v.push(r.await.expect("reader"));
+        }
+        v
+    });
+    let told_ok = told
+        .iter()
+        .filter(|t| **t == Some(LeaveReason::ServerShutdown))
+        .count();
+    report(
+        "f) SIGTERM",
+        &[
+            ("clients", count.to_string()),
+            ("told ServerShutdown", told_ok.to_string()),
+            ("exit after", format!("{exit_after:?}")),
+            ("exit status", format!("{status}")),
+            (
+                "server RSS before",
+                format!(
+                    "{:.1} MiB (peak {:.1} MiB)",
+                    mib(mem.rss_kib),
+                    mib(mem.peak_kib)
+                ),
+            ),
+        ],
+    );
+    assert_eq!(
+        told_ok, count as usize,
+        "clients told of the shutdown: {told:?}"
+    );
+    assert!(status.success(), "server exit status {status}");
+    assert!(
+        exit_after < Duration::from_secs(5),
+        "exit took {exit_after:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// g) SIGTERM with a reader that never reads: the 3 s flush limit
+
+#[test]
+fn g_sigterm_does_not_wait_on_a_reader_that_never_reads() {
+    let ctx = Ctx::new();
+    let mut server: Server = ctx.start_server(
+        "server@localhost",
+        &[
+            "--max-text",
+            "16384",
+            "--rate",
+            "100000",
+            "--burst",
+            "100000",
+        ],
+    );
+    let port = server.port();
+    let name = server.name().to_string();
+    let mut sloth = RawClient::connect_small_buffer("sloth", port, 4096);
+    sloth
+        .handshake("sloth@localhost", &name, COOKIE)
+        .expect("sloth handshake");
+    assert!(matches!(sloth.join("sloth"), Reply::Joined { .. }));
+    let rt = runtime();
+    // 3 MB for the sloth: more than the sockets hold, less than its 4 MiB send queue,
+    // so the server still has frames for it when told to stop.
+    let messages = 190u64;
+    let (talker, mut ann) = rt.block_on(async {
+        let mut talker = AsyncRaw::open_joined(port, &name, COOKIE, "talker")
+            .await
+            .unwrap();
+        let mut ann = AsyncRaw::open_joined(port, &name, COOKIE, "ann")
+            .await
+            .unwrap();
+        let padding = "y".repeat(16_000);
+        for i in 0..messages {
+            talker
+                .send(&ClientMessage::Say {
+                    text: format!("big {i} {padding}"),
+                })
+                .await
+                .unwrap();
+            let ev = expect_event(
+                &mut ann,
+                "a big message",
+                |k| matches!(k, EventKind::Message { from, .. } if from == "talker"),
+            )
+            .await;
+            let EventKind::Message { text, .. } = ev.kind else {
+                unreachable!()
+            };
+            assert!(text.starts_with(&format!("big {i} ")));
+        }
+        (talker, ann)
+    });
+    let t0 = Instant::now();
+    server.proc.signal(Signal::Term);
+    let told = rt.block_on(async {
+        match ann.recv(LONG).await {
+            Ok(Some(ServerMessage::Closing { reason })) => reason,
+            Ok(Some(other)) => panic!("ann got {other:?} before Closing"),
+            Ok(None) => panic!("ann closed without Closing"),
+            Err(e) => panic!("ann: {e}"),
+        }
+    });
+    let status = server.proc.wait_exit(LONG);
+    let exit_after = t0.elapsed();
+    sloth.expect_closed(WAIT);
+    drop(talker);
+    report(
+        "g) SIGTERM with a sloth",
+        &[
+            (
+                "bytes queued for the sloth",
+                (messages * 16_010).to_string(),
+            ),
+            ("ann told", format!("{told:?}")),
+            ("exit after", format!("{exit_after:?}")),
+            ("exit status", format!("{status}")),
+        ],
+    );
+    assert_eq!(told, LeaveReason::ServerShutdown);
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        exit_after < Duration::from_secs(5),
+        "the server waited {exit_after:?} for a reader that never reads (limit: 3 s to flush)"
+    );
+}
