@@ -357,6 +357,8 @@ pub struct ServerHandshake {
     nonce: Nonce,
     tick_ms: u64,
     state: ServerState,
+    /// The name a valid hello claimed, kept for logs even after a refusal.
+    claimed: Option<NodeName>,
 }
 
 impl ServerHandshake {
@@ -373,15 +375,13 @@ impl ServerHandshake {
             nonce,
             tick_ms,
             state: ServerState::AwaitHello,
+            claimed: None,
         }
     }
 
     /// The name the client claimed, once a hello has been read (for logs).
     pub fn claimed_name(&self) -> Option<&NodeName> {
-        match &self.state {
-            ServerState::AwaitProof { client_name, .. } => Some(client_name),
-            _ => None,
-        }
+        self.claimed.as_ref()
     }
 
     /// Feeds the next message from the client.
@@ -424,6 +424,7 @@ impl ServerHandshake {
                         HandshakeError::WrongNode(to),
                     );
                 }
+                self.claimed = Some(client_name.clone());
                 self.state = ServerState::AwaitProof {
                     client_nonce: nonce,
                     client_name,
@@ -449,13 +450,8 @@ impl ServerHandshake {
                     server_name: &server,
                 };
                 if !transcript.verify(&self.cookie, CLIENT_LABEL, &tag) {
-                    self.state = ServerState::AwaitProof {
-                        client_nonce,
-                        client_name,
-                    };
-                    let step = refuse(RefuseReason::NotAllowed, HandshakeError::BadClientProof);
-                    // Keep the claimed name readable for the log line.
-                    return step;
+                    // The state stays Finished: a refused handshake never accepts.
+                    return refuse(RefuseReason::NotAllowed, HandshakeError::BadClientProof);
                 }
                 let tag = transcript.tag(&self.cookie, SERVER_LABEL);
                 ServerStep::Accept {

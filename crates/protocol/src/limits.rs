@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_TEXT_LEN: usize = 4 * 1024;
 /// limit whatever the room's size (585 nicks of the longest kind fit, more of shorter).
 pub const MAX_LISTED_NICK_BYTES: usize = 32 * 1024;
 
+/// Most entries a decoded user list may hold: what [`MAX_LISTED_NICK_BYTES`] admits of the
+/// cheapest nicks, so no list the server sends is refused.
+pub const MAX_LISTED_USERS: usize = MAX_LISTED_NICK_BYTES / std::mem::size_of::<String>() + 1;
+
 /// What one nick costs against [`MAX_LISTED_NICK_BYTES`]: its bytes plus a `String`'s
 /// size, because the decoder's limit counts the memory a list will take, not only its
 /// encoded bytes.

@@ -64,6 +64,7 @@ pub enum Reply {
     /// rest.
     Joined {
         /// Nicks in the room, sorted.
+        #[serde(deserialize_with = "bounded_users::deserialize")]
         users: Vec<String>,
         /// Members left out of `users` to keep the reply small.
         more: u32,
@@ -89,6 +90,7 @@ pub enum Reply {
     /// The nicks in the room, sorted, as far as fits in one reply; `more` counts the rest.
     Users {
         /// Nicks in the room.
+        #[serde(deserialize_with = "bounded_users::deserialize")]
         users: Vec<String>,
         /// Members left out of `users` to keep the reply small.
         more: u32,
@@ -186,6 +188,48 @@ impl LeaveReason {
             Self::Flooding => "excess flood",
             Self::ProtocolError => "protocol error",
             Self::ServerShutdown => "server shutting down",
+        }
+    }
+}
+
+/// Decoding of user lists that never trusts the claimed length.
+///
+/// serde's `Vec` preallocates from the length a peer claims (up to 1 MiB), before a single
+/// entry is read; a hostile server could make every client allocate that from a 10-byte
+/// frame. Here the list grows only with entries actually decoded, and stops at
+/// [`MAX_LISTED_USERS`], more than any list the server sends.
+mod bounded_users {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{Error, SeqAccess, Visitor};
+
+    use crate::limits::MAX_LISTED_USERS;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<String>, D::Error> {
+        deserializer.deserialize_seq(UserList)
+    }
+
+    struct UserList;
+
+    impl<'de> Visitor<'de> for UserList {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {MAX_LISTED_USERS} nicks")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut users = Vec::new();
+            while let Some(nick) = seq.next_element::<String>()? {
+                if users.len() == MAX_LISTED_USERS {
+                    return Err(A::Error::custom("user list too long"));
+                }
+                users.push(nick);
+            }
+            Ok(users)
         }
     }
 }
