@@ -63,3 +63,33 @@ fn doc_flags_do_not_mix_with_a_run() {
     let out = run(&bins::server_bin(), &["--completions", "nosuchshell"]);
     assert!(!out.status.success());
 }
+
+/// The defaults in README's limits table are the binary's: the flood limit, send queue,
+/// handshake timeout, tick, connection limit and text limit (the behaviour at each limit
+/// is tested in hostile.rs, liveness.rs and chaos.rs with smaller values).
+#[test]
+fn the_limits_tables_defaults_are_the_servers() {
+    let help = stdout_of(&bins::server_bin(), &["--help"]);
+    let readme = std::fs::read_to_string(bins::workspace_root().join("README.md"))
+        .expect("README.md is readable");
+    for (flag, default, in_readme) in [
+        ("--tick", "15", "4 ticks of 15 s"),
+        ("--handshake-timeout", "5", "5 s from connect"),
+        ("--max-clients", "10000", "10,000"),
+        ("--max-text", "4096", "4096 bytes"),
+        ("--send-queue", "1024", "1024 frames"),
+        ("--send-queue-bytes", "4194304", "4 MiB per connection"),
+        ("--rate", "10", "10 messages/s"),
+        ("--burst", "20", "bursts of 20"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
+            .unwrap_or_else(|| panic!("{flag} missing from --help"));
+        assert!(
+            line.ends_with(&format!("[default: {default}]")),
+            "{flag}: {line}"
+        );
+        assert!(readme.contains(in_readme), "README lacks {in_readme:?}");
+    }
+}
