@@ -306,6 +306,22 @@ enum Outcome {
     Closed,
 }
 
+/// `raw` is closed with `Closing{ProtocolError}` for `what`, and `watcher` sees `nick`
+/// leave for that reason.
+async fn expect_protocol_error(raw: &mut AsyncRaw, watcher: &mut AsyncRaw, nick: &str, what: &str) {
+    assert_eq!(
+        outcome(raw).await,
+        Outcome::Closing(LeaveReason::ProtocolError),
+        "{what}"
+    );
+    expect_event(
+        watcher,
+        &format!("{nick} left after {what}"),
+        left_with(nick, LeaveReason::ProtocolError),
+    )
+    .await;
+}
+
 /// Reads what the server does next on `raw`: a reply, or a close (with or without a
 /// `Closing` first).
 async fn outcome(raw: &mut AsyncRaw) -> Outcome {
@@ -391,17 +407,7 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
             raw.write_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
                 .await
                 .unwrap();
-            assert_eq!(
-                outcome(&mut raw).await,
-                Outcome::Closing(LeaveReason::ProtocolError),
-                "4 GiB length prefix"
-            );
-            expect_event(
-                &mut watcher,
-                "huge left",
-                left_with(&nick, LeaveReason::ProtocolError),
-            )
-            .await;
+            expect_protocol_error(&mut raw, &mut watcher, &nick, "4 GiB length prefix").await;
             bytes += raw.bytes_sent;
             connections += 1;
 
@@ -491,17 +497,7 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
             );
             checked += 2;
             raw.write_bytes(&say_with_invalid_utf8(100)).await.unwrap();
-            assert_eq!(
-                outcome(&mut raw).await,
-                Outcome::Closing(LeaveReason::ProtocolError),
-                "invalid UTF-8 in a Say"
-            );
-            expect_event(
-                &mut watcher,
-                "bad left",
-                left_with(&nick, LeaveReason::ProtocolError),
-            )
-            .await;
+            expect_protocol_error(&mut raw, &mut watcher, &nick, "invalid UTF-8 in a Say").await;
             bytes += raw.bytes_sent;
             connections += 1;
 
