@@ -227,12 +227,15 @@ async fn connect_and_join_inner(
         }
         Endpoint::Relay { .. } => FrameReader::new(read_half, BytesMut::new()),
     };
-    let join = codec::encode_frame(&ClientMessage::Join { nick: nick(index) })?;
+    let join = codec::encode_frame(&ClientMessage::Join {
+        nick: nick(index),
+        backlog: 0,
+    })?;
     write_half.write_all(&join).await?;
     loop {
         match reader.next().await {
             Ok(None) => return Err(ClientError::Closed),
-            Ok(Some(ServerMessage::Reply(Reply::Joined { users, more }))) => {
+            Ok(Some(ServerMessage::Reply(Reply::Joined { users, more, .. }))) => {
                 return Ok(JoinedClient {
                     reader,
                     writer: Arc::new(Mutex::new(write_half)),

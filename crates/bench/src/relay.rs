@@ -238,7 +238,7 @@ impl Session<'_> {
 
     fn on_message(&mut self, message: ClientMessage) {
         match message {
-            ClientMessage::Say { text } => {
+            ClientMessage::Say { text, .. } => {
                 let Some(from) = self.nick.clone() else {
                     return;
                 };
@@ -247,12 +247,25 @@ impl Session<'_> {
                     self.room.broadcast(self.id, &frame);
                 }
             }
-            ClientMessage::Join { nick } => {
+            ClientMessage::Join { nick, .. } => {
                 if self.nick.is_some() {
                     return;
                 }
                 let users = vec![nick.clone()];
-                self.push(&ServerMessage::Reply(Reply::Joined { users, more: 0 }));
+                self.push(&ServerMessage::Reply(Reply::Joined {
+                    users,
+                    more: 0,
+                    ticket: protocol::SessionTicket {
+                        id: self.id,
+                        secret: [0; 16],
+                    },
+                    epoch: 1,
+                    seq: 0,
+                    limits: protocol::FloodLimits {
+                        interval_us: 0,
+                        burst: u32::MAX,
+                    },
+                }));
                 let Some(frame) = self.event(EventKind::Joined { nick: nick.clone() }) else {
                     return;
                 };
@@ -271,7 +284,10 @@ impl Session<'_> {
                 }
             }
             ClientMessage::Ping => self.push(&ServerMessage::Pong),
-            ClientMessage::Pong | ClientMessage::Private { .. } | ClientMessage::ListUsers => {}
+            ClientMessage::Pong
+            | ClientMessage::Private { .. }
+            | ClientMessage::ListUsers
+            | ClientMessage::Resume { .. } => {}
         }
     }
 

@@ -220,7 +220,7 @@ pub fn encode_say(
             text.push('x');
         }
     }
-    codec::encode_into(&ClientMessage::Say { text }, out).context("cannot encode a message")
+    codec::encode_into(&ClientMessage::Say { id: 0, text }, out).context("cannot encode a message")
 }
 
 /// Reads `(sender, seq, ns)` back from a message text.
@@ -610,7 +610,7 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         encode_say(&mut out, 7, 42, 123_456_789, 64).unwrap();
         let message: ClientMessage = codec::decode(&out[4..]).unwrap();
-        let ClientMessage::Say { text } = message else {
+        let ClientMessage::Say { text, .. } = message else {
             panic!("not a say");
         };
         assert!(text.len() >= 64);
