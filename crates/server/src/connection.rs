@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -105,7 +106,12 @@ async fn opening(
     }
     if permit.is_none() {
         tracing::warn!(%addr, "server full; refusing connection");
-        refuse_now(stream, RefuseReason::ServerFull).await;
+        refuse_now(
+            stream,
+            RefuseReason::ServerFull,
+            shared.config.handshake_timeout,
+        )
+        .await;
         return None;
     }
     let limit = shared.config.handshake_timeout;
@@ -120,23 +126,31 @@ async fn opening(
     }
 }
 
-/// How long a refused connection is kept open so that the client can read why.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
 /// Most bytes read and thrown away from a refused connection while it lingers.
 const REFUSAL_DRAIN: usize = 4096;
 
+/// Most refused connections lingering at once; past this, refusals close at once.
+const MAX_LINGERING: usize = 1024;
+
+/// Refused connections currently lingering.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
 /// Writes a refusal without reading anything first, then closes.
 ///
-/// The client has usually sent its preamble and hello already; closing a socket with
-/// unread bytes makes the kernel send a reset, which can destroy the refusal before the
-/// client reads it. So the server sends FIN, then reads and discards what the client
-/// sent (a little, for a short while) until the client closes too.
-async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason) {
+/// The client has usually sent its preamble and hello already, or sends them a little
+/// later; closing a socket with unread bytes makes the kernel send a reset, which can
+/// destroy the refusal before the client reads it. So the server sends FIN, then reads
+/// and discards what the client sends (a little, for at most `linger`) until the client
+/// closes too. At most [`MAX_LINGERING`] refused connections linger at once.
+async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason, linger: Duration) {
     if let Ok(frame) = codec::encode_frame(&HandshakeMessage::Refused { reason }) {
         let _ = stream.write_all(&frame).await;
     }
     let _ = stream.shutdown().await;
+    if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     let drain = async {
         let mut scratch = [0u8; 512];
         let mut left = REFUSAL_DRAIN;
@@ -147,7 +161,8 @@ async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason) {
             }
         }
     };
-    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+    let _ = tokio::time::timeout(linger, drain).await;
+    LINGERING.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Reads the preamble and runs the handshake. Returns the client's node name and any bytes
@@ -167,7 +182,12 @@ async fn open(
         Opening::NativeUnsupportedVersion(v) => {
             tracing::info!(%addr, version = v, "client speaks another protocol version");
             let supported = protocol::PROTOCOL_VERSION;
-            refuse_now(stream, RefuseReason::UnsupportedVersion { supported }).await;
+            refuse_now(
+                stream,
+                RefuseReason::UnsupportedVersion { supported },
+                config.handshake_timeout,
+            )
+            .await;
             return None;
         }
         Opening::ErlangDistribution => {
