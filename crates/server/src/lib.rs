@@ -10,9 +10,13 @@
 //!        -> peer.rs       (a member: its outbox.rs, a bounded queue; full = slow consumer)
 //!        -> writer.rs     (drains the outbox, many frames per writev) -> socket
 //! ```
+//!
+//! A BEAM node's connection goes through `erlang/` instead of `connection.rs`: its
+//! nicks are members like any other, fed to the same registry.
 
 pub mod config;
 pub mod connection;
+pub mod erlang;
 pub mod inbound;
 pub mod listener;
 pub mod outbox;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
 
-/// A room event, encoded once for every native recipient.
+/// A room event, encoded once for every native recipient (and, on first use, once for
+/// every BEAM recipient).
 #[derive(Debug)]
 pub struct RoomEvent {
     message: ServerMessage,
     frame: Bytes,
+    beam: OnceLock<Bytes>,
 }
 
 impl RoomEvent {
@@ -26,7 +28,11 @@ impl RoomEvent {
     pub fn new(event: Event) -> Result<Self, CodecError> {
         let message = ServerMessage::Event(event);
         let frame = codec::encode_frame(&message)?;
-        Ok(Self { message, frame })
+        Ok(Self {
+            message,
+            frame,
+            beam: OnceLock::new(),
+        })
     }
 
     /// The event itself, for peers that speak another encoding.
@@ -37,6 +43,11 @@ impl RoomEvent {
     /// The whole native frame; cloning it only bumps a reference count.
     pub fn native_frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// The event's Erlang distribution frame, filled by the first BEAM recipient.
+    pub fn beam_frame_cache(&self) -> &OnceLock<Bytes> {
+        &self.beam
     }
 }
 

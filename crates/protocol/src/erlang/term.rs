@@ -107,6 +107,15 @@ impl Atom {
         Ok(Self(text.into()))
     }
 
+    /// An atom of `text`, cut to its first [`MAX_ATOM_CHARS`] characters: for names
+    /// known to be short, such as validated node names.
+    pub fn lossy(text: &str) -> Self {
+        match Self::new(text) {
+            Ok(atom) => atom,
+            Err(_) => Self(text.chars().take(MAX_ATOM_CHARS).collect::<String>().into()),
+        }
+    }
+
     /// The atom's text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -238,13 +247,7 @@ impl Term {
     /// The atom `text`. For names known to be short (our own constants and validated
     /// names); a longer text gives an atom of its first 255 characters.
     pub fn atom(text: &str) -> Self {
-        match Atom::new(text) {
-            Ok(atom) => Self::Atom(atom),
-            Err(_) => {
-                let short: String = text.chars().take(MAX_ATOM_CHARS).collect();
-                Self::Atom(Atom(short.into()))
-            }
-        }
+        Self::Atom(Atom::lossy(text))
     }
 
     /// A binary holding `text` (how Elixir represents strings).
