@@ -80,7 +80,7 @@ defmodule ExmClient do
         :ok
 
       reason ->
-        IO.puts("Could not join chatroom, reason: #{inspect(reason)}")
+        IO.puts("Could not join chatroom, reason: #{describe(reason)}")
         :refused
     end
   end
@@ -117,7 +117,7 @@ defmodule ExmClient do
   defp handle("/leave", server, nick) do
     case call(server, {:disconnect, nick}) do
       :ok -> IO.puts("You have exited the chatroom, you can rejoin with /join or quit with /quit")
-      reason -> IO.puts("Could not leave chatroom, reason: #{inspect(reason)}")
+      reason -> IO.puts("Could not leave chatroom, reason: #{describe(reason)}")
     end
   end
 
@@ -145,6 +145,9 @@ defmodule ExmClient do
   defp handle("/send " <> code, server, _nick), do: send({:message_server, server}, eval(code))
 
   defp handle(text, server, nick), do: cast(server, {:say, nick, text})
+
+  defp describe(reason) when is_atom(reason) or is_binary(reason), do: "#{reason}"
+  defp describe(reason), do: inspect(reason)
 
   defp eval(code) do
     {term, _} = Code.eval_string(code)

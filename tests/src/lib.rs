@@ -34,6 +34,10 @@
 //!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
 //!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
 //!   finish the handshake.
+//! - [`beam`]: BEAM nodes: the Elixir ExMessenger client and server scripts of
+//!   `tests/elixir/` (with the test's port mapper), and [`beam::RawBeam`], a distribution
+//!   peer built on `protocol::erlang` that can misbehave. Skipped without Elixir unless
+//!   `CHAT_REQUIRE_ELIXIR` is set.
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
 //!   killing processes by command line (the detached port mapper).
 //!
@@ -48,6 +52,7 @@
 
 use std::time::Duration;
 
+pub mod beam;
 pub mod bins;
 pub mod chaos;
 pub mod net;
