@@ -143,7 +143,9 @@ impl Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut child = cmd.spawn().with_context(|| format!("cannot start {label}"))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {label}"))?;
         let stdout = child.stdout.take().context("stdout is piped")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -191,7 +193,11 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
     let mut ticks_of = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
@@ -202,9 +208,18 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
                 continue;
             };
             let fields: Vec<&str> = rest.split(' ').collect();
-            let ppid = fields.get(1).and_then(|f| f.parse::<u32>().ok()).unwrap_or(0);
-            let utime = fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-            let stime = fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            let ppid = fields
+                .get(1)
+                .and_then(|f| f.parse::<u32>().ok())
+                .unwrap_or(0);
+            let utime = fields
+                .get(11)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+            let stime = fields
+                .get(12)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
             parent_of.insert(p, ppid);
             ticks_of.insert(p, utime + stime);
         }

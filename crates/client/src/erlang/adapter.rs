@@ -230,6 +230,13 @@ impl PendingCalls {
         self.calls.push_back((tag, kind));
     }
 
+    /// Whether a join waits for its answer.
+    pub fn has_connect(&self) -> bool {
+        self.calls
+            .iter()
+            .any(|(_, kind)| matches!(kind, CallKind::Connect(_)))
+    }
+
     /// The call `tag` answers, if one waits.
     pub fn take(&mut self, tag: &Term) -> Option<CallKind> {
         let index = self.calls.iter().position(|(t, _)| t == tag)?;

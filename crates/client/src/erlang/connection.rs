@@ -28,7 +28,7 @@ use tokio_util::sync::PollSender;
 use tracing::debug;
 
 use crate::connect::ConnectError;
-use crate::erlang::adapter::{Adapter, Outgoing, PendingCalls};
+use crate::erlang::adapter::{Adapter, CallKind, Outgoing, PendingCalls};
 
 /// Erlang's tick period (a quarter of the default `net_ticktime` of 60 s): we tick after
 /// this long without sending, and the session gives up on a node silent for four.
@@ -39,6 +39,11 @@ const QUEUE: usize = 64;
 
 /// Bytes reserved for each read.
 const READ_CHUNK: usize = 8192;
+
+/// How long a join may go unanswered before the connection counts as lost. An Erlang
+/// node drops messages to a name nobody registered: a server node that is up but whose
+/// `message_server` is not (yet) never answers, and reconnecting is the way out.
+pub const JOIN_ANSWER_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the handshake on `tcp` as `own` towards `server`; returns the bytes read past it.
 /// An Erlang node closes the connection without a word when our cookie digest is wrong,
@@ -192,7 +197,12 @@ impl Task {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wrote = false;
+        // When the oldest unanswered join was sent.
+        let mut join_deadline: Option<tokio::time::Instant> = None;
         loop {
+            if !self.pending.has_connect() {
+                join_deadline = None;
+            }
             // Frames already buffered first (the handshake may have read some).
             match self.drain_frames(&mut buf).await {
                 Next::Continue => {}
@@ -207,6 +217,10 @@ impl Task {
                     };
                     let frame = match self.adapter.outgoing(message) {
                         Outgoing::Call(kind, request) => {
+                            if matches!(kind, CallKind::Connect(_)) && join_deadline.is_none() {
+                                join_deadline =
+                                    Some(tokio::time::Instant::now() + JOIN_ANSWER_LIMIT);
+                            }
                             let tag = self.new_ref();
                             self.pending.push(tag.clone(), kind);
                             let from = Term::Pid(Box::new(self.pid.clone()));
@@ -230,6 +244,14 @@ impl Task {
                         return;
                     }
                     wrote = true;
+                }
+                () = sleep_until(join_deadline) => {
+                    let why = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "message_server did not answer the join",
+                    );
+                    let _ = self.incoming.send(Err(why.into())).await;
+                    return;
                 }
                 _ = ticks.tick() => {
                     if !wrote && write.write_all(&dist::TICK).await.is_err() {
@@ -316,6 +338,14 @@ impl Task {
             creation: self.creation,
             ids: vec![self.next_ref, rand::random(), rand::random()],
         }))
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
