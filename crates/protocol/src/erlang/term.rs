@@ -384,6 +384,7 @@ enum Open {
     List {
         items: Vec<Term>,
         left: usize,
+        tail: Option<Term>,
     },
     Map {
         pairs: Vec<(Term, Term)>,
@@ -409,48 +410,56 @@ pub fn decode_with(input: &[u8], limits: Limits) -> Result<(Term, usize), TermEr
         };
         // Hand the value to the innermost open container, closing those it completes.
         loop {
-            match stack.last_mut() {
+            let complete = match stack.last_mut() {
                 None => return Ok((value, reader.pos)),
                 Some(Open::Tuple { items, left }) => {
                     items.push(value);
                     *left -= 1;
-                    if *left > 0 {
-                        break;
-                    }
-                    let Some(Open::Tuple { items, .. }) = stack.pop() else {
-                        unreachable!("the top of the stack is this tuple");
-                    };
-                    value = Term::Tuple(items);
+                    *left == 0
                 }
-                Some(Open::List { items, left }) => {
+                Some(Open::List { items, left, tail }) => {
                     if *left > 0 {
                         items.push(value);
                         *left -= 1;
-                        break;
+                        false
+                    } else {
+                        *tail = Some(value);
+                        true
                     }
-                    let Some(Open::List { items, .. }) = stack.pop() else {
-                        unreachable!("the top of the stack is this list");
-                    };
-                    value = Term::List(Box::new(List { items, tail: value }));
                 }
                 Some(Open::Map { pairs, key, left }) => match key.take() {
                     None => {
                         *key = Some(value);
-                        break;
+                        false
                     }
                     Some(k) => {
                         pairs.push((k, value));
                         *left -= 1;
-                        if *left > 0 {
-                            break;
-                        }
-                        let Some(Open::Map { pairs, .. }) = stack.pop() else {
-                            unreachable!("the top of the stack is this map");
-                        };
-                        value = Term::Map(pairs);
+                        *left == 0
                     }
                 },
+            };
+            if !complete {
+                break;
             }
+            match stack.pop() {
+                Some(open) => value = open.into_term(),
+                None => return Err(TermError::Malformed("container stack")),
+            }
+        }
+    }
+}
+
+impl Open {
+    /// The finished container as a term.
+    fn into_term(self) -> Term {
+        match self {
+            Open::Tuple { items, .. } => Term::Tuple(items),
+            Open::List { items, tail, .. } => Term::List(Box::new(List {
+                items,
+                tail: tail.unwrap_or(Term::Nil),
+            })),
+            Open::Map { pairs, .. } => Term::Map(pairs),
         }
     }
 }
@@ -590,6 +599,7 @@ impl<'a> Reader<'a> {
                     Open::List {
                         items: Vec::with_capacity(n),
                         left: n,
+                        tail: None,
                     },
                 );
             }
@@ -758,7 +768,17 @@ impl<'a> Reader<'a> {
             tag::SMALL_ATOM | tag::SMALL_ATOM_UTF8 => usize::from(self.u8()?),
             _ => usize::from(self.u16()?),
         };
+        // At most 255 characters of at most 4 bytes (1 in Latin-1): refuse longer ones
+        // before copying anything.
+        let max_bytes = match tag {
+            tag::ATOM | tag::SMALL_ATOM => MAX_ATOM_CHARS,
+            _ => 4 * MAX_ATOM_CHARS,
+        };
+        if n > max_bytes {
+            return Err(TermError::BadAtom("longer than 255 characters"));
+        }
         let bytes = self.take(n)?;
+        self.charge(2 * n)?;
         let text: String = match tag {
             // Latin-1: every byte is the code point of the same value.
             tag::ATOM | tag::SMALL_ATOM => bytes.iter().map(|&b| char::from(b)).collect(),
@@ -766,7 +786,6 @@ impl<'a> Reader<'a> {
                 .map_err(|_| TermError::BadAtom("not valid UTF-8"))?
                 .to_string(),
         };
-        self.charge(text.len())?;
         Atom::new(&text)
     }
 

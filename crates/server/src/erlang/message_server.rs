@@ -63,8 +63,9 @@ impl<'a> MessageServer<'a> {
         match to.as_str() {
             SERVER_PROCESS => {}
             "net_kernel" => return self.net_kernel(&message),
-            other => {
-                tracing::debug!(node = %self.link.node(), to = %other, "message to an unknown process");
+            _ => {
+                // An atom's Display escapes it: it came from the network.
+                tracing::debug!(node = %self.link.node(), to = %to, "message to an unknown process");
                 return Ok(());
             }
         }
