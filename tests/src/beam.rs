@@ -221,6 +221,28 @@ impl RawBeam {
         }
     }
 
+    /// Shrinks the socket's receive buffer to `bytes`, so that a peer that stops reading
+    /// fills it (and then the server's queue for it) quickly.
+    pub fn shrink_receive_buffer(&mut self, bytes: u32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let size = bytes as libc::c_int;
+        // SAFETY: a valid socket descriptor and a pointer to a c_int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Writes raw bytes.
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)

@@ -4,11 +4,11 @@
 //! `CHAT_REQUIRE_ELIXIR` is set.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_tests::beam::{BEAM_COOKIE, RawBeam, elixir_or_skip};
 use chat_tests::chaos::scaled;
-use chat_tests::{Client, Ctx, LONG, Signal, WAIT};
+use chat_tests::{Client, Ctx, LONG, RawClient, Signal, Stream, WAIT};
 use protocol::erlang::exmessenger::{self, Request};
 use protocol::erlang::term::Term;
 
@@ -404,4 +404,66 @@ fn idle_beam_nodes_stay_and_silent_peers_are_dropped() {
     ann.expect_say("carl", "still alive");
     ann.send("so am I");
     carl.expect_say("ann", "so am I");
+}
+
+/// A BEAM node that stops reading is a slow consumer like any other: its queue fills, it
+/// alone is dropped (`send queue exceeded`), and the others keep receiving everything.
+#[test]
+fn a_beam_node_that_stops_reading_is_dropped_as_a_slow_consumer() {
+    if !elixir_or_skip() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let server = ctx
+        .server("server@localhost")
+        .cookie(BEAM_COOKIE)
+        .args(&[
+            "--max-text",
+            "16384",
+            "--rate",
+            "100000",
+            "--burst",
+            "100000",
+        ])
+        .args(&["--send-queue", "16"])
+        .start();
+    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
+    let mut sloth = RawBeam::connect(server.port(), "sloth@localhost", server.name(), BEAM_COOKIE)
+        .expect("handshake");
+    sloth.shrink_receive_buffer(4096).unwrap();
+    sloth
+        .call(Request::Connect("sloth".into()).to_term())
+        .unwrap();
+    joined(&mut ann, "sloth");
+    let (mut talker, _) =
+        RawClient::open_joined(server.port(), server.name(), BEAM_COOKIE, "talker");
+    joined(&mut ann, "talker");
+    // Batches that ann prints in full before the next: she never has more than a batch
+    // queued, while the sloth's socket and then its queue fill up.
+    let padding = "x".repeat(16000);
+    let mut sent = 0;
+    let mut dropped = None;
+    let started = Instant::now();
+    while sent < 2000 && dropped.is_none() {
+        let first = sent;
+        for _ in 0..8 {
+            talker.say(&format!("msg {sent:05} {padding}"));
+            sent += 1;
+        }
+        for i in first..sent {
+            ann.proc
+                .expect_line(&format!("> talker: msg {i:05} "), WAIT);
+        }
+        dropped = ann.proc.poll_line(Stream::Any, "* sloth has left *");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "still sending"
+        );
+    }
+    let Some(line) = dropped else {
+        ann.proc
+            .fail(&format!("the sloth was not dropped after {sent} messages"));
+    };
+    assert!(line.ends_with("(send queue exceeded)"), "{line}");
+    assert_eq!(ann.users(), strings(&["ann", "talker"]));
 }
