@@ -34,6 +34,10 @@
 //!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
 //!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
 //!   finish the handshake.
+//! - [`beam`]: BEAM nodes: the Elixir ExMessenger client and server scripts of
+//!   `tests/elixir/` (with the test's port mapper), and [`beam::RawBeam`], a distribution
+//!   peer built on `protocol::erlang` that can misbehave. Skipped without Elixir unless
+//!   `CHAT_REQUIRE_ELIXIR` is set.
 //! - [`crowd`]: thousands of raw members in one runtime, each draining its socket and
 //!   keeping a compact log of what it saw (the scale tests).
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
@@ -50,6 +54,7 @@
 
 use std::time::Duration;
 
+pub mod beam;
 pub mod bins;
 pub mod chaos;
 pub mod crowd;

@@ -532,6 +532,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// Wraps a process that behaves like a chat client on its standard streams (such as
+    /// the Elixir ExMessenger client, which prints the same lines).
+    pub fn wrap(proc: Proc, nick: &str, own_name: Option<String>, server: &str) -> Client {
+        Client {
+            proc,
+            nick: nick.to_string(),
+            own_name,
+            server: server.to_string(),
+        }
+    }
+
     /// Its nick.
     pub fn nick(&self) -> &str {
         &self.nick

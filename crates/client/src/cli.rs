@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! chat-client [--server alive@host[:PORT]] [--nick NICK] [--name N | --sname N]
-//!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps]
+//!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps] [--erlang]
 //! ```
 //!
 //! The server defaults to `server@<short hostname>`, the nick to `$USER`, and the client's
@@ -65,6 +65,12 @@ pub struct Args {
     /// Prefix every line that came from the server with the local time, HH:MM.
     #[arg(long)]
     pub timestamps: bool,
+
+    /// The server is an Erlang node serving ExMessenger (such as the original Elixir
+    /// server). Needed only with --server alive@host:PORT: through the port mapper, a
+    /// node that is not a chat-server is recognised by itself.
+    #[arg(long)]
+    pub erlang: bool,
 
     /// Print the shell completion script for SHELL and exit.
     #[arg(long, value_name = "SHELL", exclusive = true)]
@@ -134,13 +140,15 @@ impl Args {
     /// Fills in the defaults and resolves the cookie (which may create
     /// `~/.erlang.cookie`, as Erlang does).
     pub fn resolve(&self, env: &Environment) -> Result<Config, ConfigError> {
-        let server = match &self.server {
+        let mut server = match &self.server {
             Some(server) => server.clone(),
             None => ServerTarget {
                 name: NodeName::parse_short("server")?,
                 port: None,
+                erlang: false,
             },
         };
+        server.erlang |= self.erlang;
         let nick = self
             .nick
             .clone()

@@ -9,6 +9,11 @@
 //! 4. Hand back the same stream framed for session messages, keeping any bytes already
 //!    read past the handshake.
 //!
+//! A server found through the port mapper whose registration lacks our marker
+//! ([`protocol::erlang::EPMD_EXTRA_MARKER`] in epmd's Extra field) is an Erlang node:
+//! after step 2 the connection goes to [`crate::erlang`] instead (so does `--erlang`,
+//! needed only with an explicit `:PORT`, where there is no registration to look at).
+//!
 //! Every failure is a [`ConnectError`] whose `Display` is the `<why>` of the contract's
 //! `Could not connect to <server>: <why>`.
 
@@ -37,8 +42,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time limit for establishing the TCP connection to the server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The session stream: server messages in, client messages out.
-pub type SessionStream = Framed<TcpStream, MessageCodec<ServerMessage>>;
+/// The session stream: server messages in, client messages out (see
+/// [`crate::transport`]).
+pub type SessionStream = crate::transport::SessionStream;
 
 /// The server to connect to, as given with `--server alive@host[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +53,8 @@ pub struct ServerTarget {
     pub name: NodeName,
     /// The port, when given; `None` means "ask the port mapper".
     pub port: Option<u16>,
+    /// Speak Erlang distribution whatever the port mapper says (`--erlang`).
+    pub erlang: bool,
 }
 
 /// Why a `--server` value is not `alive@host[:PORT]`.
@@ -82,7 +90,11 @@ impl FromStr for ServerTarget {
         } else {
             NodeName::parse_short(name)?
         };
-        Ok(Self { name, port })
+        Ok(Self {
+            name,
+            port,
+            erlang: false,
+        })
     }
 }
 
@@ -166,6 +178,9 @@ pub enum ConnectError {
     /// The server sent something that is not a handshake message.
     #[error("{0}")]
     Codec(#[from] CodecError),
+    /// The Erlang distribution handshake failed.
+    #[error("{0}")]
+    Erlang(protocol::erlang::handshake::HandshakeError),
 }
 
 impl From<HandshakeError> for ConnectError {
@@ -194,9 +209,13 @@ pub async fn connect(
     cookie: Cookie,
 ) -> Result<Connection, ConnectError> {
     let host = target.name.host();
-    let port = match target.port {
-        Some(port) => port,
-        None => lookup_port(&target.name, portmap::mapper_port_from_env()).await?,
+    let (port, erlang) = match target.port {
+        Some(port) => (port, target.erlang),
+        None => {
+            let node = lookup_node(&target.name, portmap::mapper_port_from_env()).await?;
+            let ours = node.extra == protocol::erlang::EPMD_EXTRA_MARKER;
+            (node.port, target.erlang || !ours)
+        }
     };
     debug!(host, port, "connecting");
     let mut tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
@@ -213,6 +232,10 @@ pub async fn connect(
         }
     };
     tcp.set_nodelay(true)?;
+    if erlang {
+        debug!("the server is an Erlang node; speaking distribution");
+        return crate::erlang::connect(tcp, own, &target.name, cookie).await;
+    }
 
     let handshake = async {
         tcp.write_all(&PREAMBLE).await?;
@@ -227,11 +250,17 @@ pub async fn connect(
     // Same socket and buffers, new codec: bytes read past the handshake stay queued.
     let stream = framed.map_codec(|_| MessageCodec::<ServerMessage>::new());
     let tick = (tick_ms > 0).then(|| Duration::from_millis(tick_ms));
-    Ok(Connection { stream, tick })
+    Ok(Connection {
+        stream: Box::pin(stream),
+        tick,
+    })
 }
 
-/// Asks the port mapper on the server's host for the server's port.
-async fn lookup_port(name: &NodeName, mapper_port: u16) -> Result<u16, ConnectError> {
+/// Asks the port mapper on the server's host for the server's registration.
+async fn lookup_node(
+    name: &NodeName,
+    mapper_port: u16,
+) -> Result<protocol::epmd::NodeRegistration, ConnectError> {
     let host = name.host();
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, mapper_port))
         .await
@@ -243,8 +272,8 @@ async fn lookup_port(name: &NodeName, mapper_port: u16) -> Result<u16, ConnectEr
     // A host name may resolve to several addresses (::1 and 127.0.0.1 for localhost);
     // the mapper may listen on only one of them.
     for addr in addrs {
-        match portmap::lookup(addr, name.alive()).await {
-            Ok(port) => return Ok(port),
+        match portmap::lookup_registration(addr, name.alive()).await {
+            Ok(node) => return Ok(node),
             Err(PortmapError::Unreachable(e)) => {
                 debug!(%addr, error = %e, "no port mapper at this address");
             }

@@ -9,6 +9,8 @@
 //! - [`command`]: one input line -> one [`command::Command`].
 //! - [`render`]: server messages -> the exact lines the user sees.
 //! - [`connect`]: name resolution, TCP, preamble and cookie handshake.
+//! - [`erlang`]: joining an Erlang node that serves ExMessenger (hidden node, adapter).
+//! - [`transport`]: what a session runs on, whichever kind of server it talks to.
 //! - [`session`]: the running session: what the REPL calls; it sends through a connection's
 //!   message handler and writer (`link`), swapped underneath when reconnecting.
 //! - [`reconnect`]: after losing the server, reconnect with backoff and rejoin.
@@ -23,6 +25,7 @@
 pub mod cli;
 pub mod command;
 pub mod connect;
+pub mod erlang;
 pub mod frontend;
 mod link;
 pub mod plain;
@@ -31,3 +34,4 @@ pub mod render;
 pub mod session;
 pub mod style;
 pub mod terminal;
+pub mod transport;

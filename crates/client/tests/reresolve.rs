@@ -15,12 +15,15 @@ use common::{Mode, accept, answer_join, joined, joined_session, next, quick_poli
 use protocol::{ClientMessage, Reply, ServerMessage};
 use tokio::net::TcpListener;
 
-/// Registers `server` at `port`, retrying while the mapper still holds the previous
-/// registration (it notices a dropped one when its connection closes).
+/// Registers `server` at `port` as a chat-server does (with its marker in Extra),
+/// retrying while the mapper still holds the previous registration (it notices a dropped
+/// one when its connection closes).
 async fn register(mapper: SocketAddr, port: u16) -> portmap::Registration {
+    let mut node = protocol::epmd::NodeRegistration::normal("server", port);
+    node.extra = protocol::erlang::EPMD_EXTRA_MARKER.to_vec();
     let registering = async {
         loop {
-            match portmap::register(mapper, "server", port).await {
+            match portmap::register_node(mapper, &node).await {
                 Ok(registration) => return registration,
                 Err(portmap::PortmapError::NameTaken(_)) => tokio::task::yield_now().await,
                 Err(e) => panic!("cannot register: {e}"),

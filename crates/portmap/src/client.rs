@@ -82,7 +82,18 @@ pub async fn register(
     alive: &str,
     port: u16,
 ) -> Result<Registration, PortmapError> {
-    let request = epmd::encode_alive2_req(&NodeRegistration::normal(alive, port))?;
+    register_node(mapper, &NodeRegistration::normal(alive, port)).await
+}
+
+/// Like [`register`], with every field of the registration given (node type, versions,
+/// extra bytes), as `ALIVE2_REQ` carries them.
+pub async fn register_node(
+    mapper: SocketAddr,
+    registration: &NodeRegistration,
+) -> Result<Registration, PortmapError> {
+    let alive = registration.name.as_str();
+    let port = registration.port;
+    let request = epmd::encode_alive2_req(registration)?;
     let mut stream = connect(mapper).await?;
     bounded(async {
         stream.write_all(&request).await?;

@@ -21,7 +21,7 @@ pub mod launch;
 
 use std::time::Duration;
 
-pub use client::{Registration, lookup, lookup_registration, names, register};
+pub use client::{Registration, lookup, lookup_registration, names, register, register_node};
 pub use daemon::serve;
 pub use error::PortmapError;
 pub use launch::ensure_running;

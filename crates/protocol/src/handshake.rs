@@ -45,7 +45,7 @@ impl Cookie {
         (!secret.is_empty()).then(|| Self(secret.to_string()))
     }
 
-    fn key(&self) -> &[u8] {
+    pub(crate) fn key(&self) -> &[u8] {
         self.0.as_bytes()
     }
 }

@@ -10,9 +10,11 @@
 //! - [`codec`]: the one place where bytes become messages (length-delimited bincode).
 //! - [`handshake`]: the mutual HMAC-SHA256 cookie handshake, as a state machine.
 //! - [`epmd`]: Erlang's port-mapper (epmd) wire protocol.
+//! - [`erlang`]: Erlang distribution (terms, handshake, frames) for BEAM interop.
 
 pub mod codec;
 pub mod epmd;
+pub mod erlang;
 pub mod handshake;
 pub mod limits;
 pub mod message;

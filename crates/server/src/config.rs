@@ -42,6 +42,11 @@ pub struct ServerConfig {
     pub burst: u32,
     /// Time allowed for clients to be told about a shutdown before the server exits.
     pub shutdown_grace: Duration,
+    /// Accept Erlang distribution connections (BEAM nodes); `--no-erlang` clears it.
+    pub erlang: bool,
+    /// This node's incarnation, as the port mapper assigned it; Erlang peers see it in
+    /// the handshake and in our pids.
+    pub creation: u32,
 }
 
 impl ServerConfig {
@@ -63,6 +68,8 @@ impl ServerConfig {
             rate_per_sec: 10.0,
             burst: 20,
             shutdown_grace: Duration::from_secs(3),
+            erlang: true,
+            creation: 1,
         }
     }
 

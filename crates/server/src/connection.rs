@@ -1,7 +1,7 @@
 //! One client connection, from the first byte to the last.
 //!
-//! 1. Opening: the 4-byte preamble tells our protocol from Erlang distribution (not served
-//!    yet) and from garbage, which is closed at once.
+//! 1. Opening: the 4-byte preamble tells our protocol from Erlang distribution (handed to
+//!    [`crate::erlang`]) and from garbage, which is closed at once.
 //! 2. Handshake: [`protocol::ServerHandshake`] driven over the socket, the whole of it
 //!    (preamble included) bounded by the handshake timeout.
 //! 3. Session: this task becomes the *reader* (decode, validate, rate-limit, forward to
@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -50,6 +50,8 @@ pub struct Shared {
     /// Tracks writer tasks so shutdown can wait for them to flush.
     pub tracker: TaskTracker,
     pong: Bytes,
+    /// The last connection id handed out (native connections and BEAM nicks alike).
+    ids: AtomicU64,
 }
 
 impl Shared {
@@ -69,8 +71,22 @@ impl Shared {
             stopping,
             tracker,
             pong: encode(&ServerMessage::Pong),
+            ids: AtomicU64::new(0),
         }
     }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// How a connection opened.
+enum Opened {
+    /// Our protocol, authenticated as this node; bytes read past the handshake.
+    Native(NodeName, BytesMut),
+    /// An Erlang distribution handshake; its first four bytes.
+    Erlang([u8; 4]),
 }
 
 /// Runs one connection to its end. `permit` is `None` when the server is full: the client
@@ -84,12 +100,14 @@ pub async fn handle(
 ) {
     // Boxed: the opening's state (handshake framing, timers) is large and short-lived;
     // inline, it would size this task for the connection's whole life.
-    let Some((node, leftover)) = Box::pin(opening(&mut stream, addr, &shared, &permit)).await
-    else {
-        return;
-    };
-    tracing::info!(%addr, %node, "connected");
-    session(stream, addr, id, node, leftover, &shared).await;
+    match Box::pin(opening(&mut stream, addr, &shared, &permit)).await {
+        None => return,
+        Some(Opened::Native(node, leftover)) => {
+            tracing::info!(%addr, %node, "connected");
+            session(stream, addr, id, node, leftover, &shared).await;
+        }
+        Some(Opened::Erlang(first)) => crate::erlang::run(stream, addr, first, &shared).await,
+    }
     drop(permit);
 }
 
@@ -100,7 +118,7 @@ async fn opening(
     addr: SocketAddr,
     shared: &Shared,
     permit: &Option<OwnedSemaphorePermit>,
-) -> Option<(NodeName, BytesMut)> {
+) -> Option<Opened> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY");
     }
@@ -166,12 +184,9 @@ async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason, linger: Durati
 }
 
 /// Reads the preamble and runs the handshake. Returns the client's node name and any bytes
-/// read past the handshake, or `None` when the connection must close.
-async fn open(
-    stream: &mut TcpStream,
-    addr: SocketAddr,
-    config: &ServerConfig,
-) -> Option<(NodeName, BytesMut)> {
+/// read past the handshake (or, for Erlang distribution, the bytes read), or `None` when
+/// the connection must close.
+async fn open(stream: &mut TcpStream, addr: SocketAddr, config: &ServerConfig) -> Option<Opened> {
     let mut first = [0u8; 4];
     if let Err(e) = stream.read_exact(&mut first).await {
         tracing::debug!(%addr, error = %e, "closed before the preamble");
@@ -190,10 +205,7 @@ async fn open(
             .await;
             return None;
         }
-        Opening::ErlangDistribution => {
-            tracing::info!(%addr, "Erlang distribution handshake: not served yet; closing");
-            return None;
-        }
+        Opening::ErlangDistribution => return Some(Opened::Erlang(first)),
         Opening::Unknown => {
             tracing::info!(%addr, "not our protocol (bad preamble); closing");
             return None;
@@ -224,7 +236,7 @@ async fn open(
             ServerStep::Accept { reply, peer } => {
                 framed.send(reply).await.ok()?;
                 let leftover = framed.into_parts().read_buf;
-                return Some((peer, leftover));
+                return Some(Opened::Native(peer, leftover));
             }
             ServerStep::Refuse { reply, error } => {
                 let claimed = machine

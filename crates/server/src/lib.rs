@@ -12,9 +12,13 @@
 //!                          merged with its own queue, outbox.rs, into one buffer per
 //!                          write) -> socket
 //! ```
+//!
+//! A BEAM node's connection goes through `erlang/` instead of `connection.rs`: its
+//! nicks are members like any other, fed to the same registry.
 
 pub mod config;
 pub mod connection;
+pub mod erlang;
 pub mod history;
 pub mod inbound;
 pub mod listener;

@@ -63,7 +63,6 @@ pub async fn serve(
         || registry::Command::Sweep,
         stopping.clone(),
     ));
-    let mut next_id = 0;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -79,12 +78,11 @@ pub async fn serve(
                 continue;
             }
         };
-        next_id += 1;
         let permit = Arc::clone(&permits).try_acquire_owned().ok();
         tracker.spawn(connection::handle(
             stream,
             addr,
-            next_id,
+            shared.next_conn_id(),
             Arc::clone(&shared),
             permit,
         ));

@@ -107,6 +107,9 @@ struct RoomArgs {
     /// Flood limit: burst size; this many refused in a row disconnects the client.
     #[arg(long, default_value_t = 20)]
     burst: u32,
+    /// Refuse Erlang distribution connections (BEAM nodes such as ExMessenger clients).
+    #[arg(long)]
+    no_erlang: bool,
 }
 
 fn main() -> Result<()> {
@@ -161,7 +164,7 @@ async fn run_room(args: RoomArgs) -> Result<()> {
         args.cookie_file.as_deref(),
     )
     .context("no usable cookie")?;
-    let config = config_from(&args, name.clone(), cookie)?;
+    let mut config = config_from(&args, name.clone(), cookie)?;
 
     let listener = TcpListener::bind((args.bind, args.port))
         .await
@@ -186,7 +189,11 @@ async fn run_room(args: RoomArgs) -> Result<()> {
         );
     }
     let mapper = SocketAddr::from((Ipv4Addr::LOCALHOST, mapper_port));
-    let mut registration = match portmap::register(mapper, name.alive(), port).await {
+    // As an Erlang node registers (type 77), with a marker in Extra so that chat-client
+    // tells our servers from BEAM nodes serving ExMessenger.
+    let mut node = protocol::epmd::NodeRegistration::normal(name.alive(), port);
+    node.extra = protocol::erlang::EPMD_EXTRA_MARKER.to_vec();
+    let mut registration = match portmap::register_node(mapper, &node).await {
         Ok(registration) => registration,
         Err(portmap::PortmapError::NameTaken(alive)) => {
             bail!(
@@ -195,6 +202,7 @@ async fn run_room(args: RoomArgs) -> Result<()> {
         }
         Err(e) => return Err(e).context("cannot register with the port mapper"),
     };
+    config.creation = registration.creation();
     tokio::spawn(async move {
         registration.closed().await;
         tracing::warn!("the port mapper went away: clients can no longer find this node by name");
@@ -251,6 +259,7 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.history_bytes = args.history_bytes;
     config.rate_per_sec = args.rate;
     config.burst = args.burst.max(1);
+    config.erlang = !args.no_erlang;
     Ok(config)
 }
 

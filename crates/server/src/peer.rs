@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -26,11 +26,13 @@ pub use crate::outbox::DeliveryError;
 use crate::outbox::{Action, Item};
 use crate::writer::{NOT_READING, Pipe};
 
-/// A room event, encoded once for every native recipient.
+/// A room event, encoded once for every native recipient (and, on first use, once for
+/// every BEAM recipient).
 #[derive(Debug)]
 pub struct RoomEvent {
     message: ServerMessage,
     frame: Bytes,
+    beam: OnceLock<Bytes>,
 }
 
 impl RoomEvent {
@@ -38,14 +40,22 @@ impl RoomEvent {
     pub fn new(event: Event) -> Result<Self, CodecError> {
         let message = ServerMessage::Event(event);
         let frame = codec::encode_frame(&message)?;
-        Ok(Self { message, frame })
+        Ok(Self {
+            message,
+            frame,
+            beam: OnceLock::new(),
+        })
     }
 
     /// Wraps `event` and encodes it into `arena`'s current chunk.
     pub fn new_in(event: Event, arena: &mut FrameArena) -> Result<Self, CodecError> {
         let message = ServerMessage::Event(event);
         let frame = arena.encode(&message)?;
-        Ok(Self { message, frame })
+        Ok(Self {
+            message,
+            frame,
+            beam: OnceLock::new(),
+        })
     }
 
     /// The event itself, for peers that speak another encoding.
@@ -56,6 +66,11 @@ impl RoomEvent {
     /// The whole native frame; cloning it only bumps a reference count.
     pub fn native_frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// The event's Erlang distribution frame, filled by the first BEAM recipient.
+    pub fn beam_frame_cache(&self) -> &OnceLock<Bytes> {
+        &self.beam
     }
 }
 
