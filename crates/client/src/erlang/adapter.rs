@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use protocol::erlang::exmessenger::{PRIVATE_SUFFIX, Request, SERVER_NICK};
 use protocol::erlang::term::Term;
 use protocol::{
-    ClientMessage, Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure,
-    ServerMessage, SessionTicket,
+    ClientMessage, Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, ServerMessage,
+    SessionTicket,
 };
 
 /// The original has no flood limit to tell; the client need not pace itself.
