@@ -4,7 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 
 use chat_tests::net::{RecordingProxy, contains_bytes};
-use chat_tests::{COOKIE, Ctx, LONG, RawClient, WAIT};
+use chat_tests::{COOKIE, Ctx, Incoming, LONG, RawClient, WAIT};
+use protocol::HandshakeMessage;
+use protocol::secure::RefuseReason;
 
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -57,10 +59,35 @@ fn a_wrong_cookie_is_refused_logged_and_unseen_by_the_room() {
 fn a_wrong_cookie_is_refused_at_the_protocol_level() {
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &[]);
+    // The client finds out first: the server's key confirmation does not verify.
     let mut raw = RawClient::connect("raw", server.port());
     let result = raw.handshake("raw@localhost", server.name(), "guess");
-    assert_eq!(result, Err("refused: not allowed".to_string()));
-    raw.expect_closed(WAIT);
+    assert_eq!(
+        result,
+        Err("the key confirmation failed (a different cookie?)".to_string())
+    );
+
+    // A client that confirms anyway is refused with the generic reason, and closed.
+    let mut liar = RawClient::connect("liar", server.port());
+    let (_machine, hello) = protocol::ClientHandshake::new(
+        protocol::NodeName::parse_long("liar@localhost").unwrap(),
+        protocol::NodeName::parse_long(server.name()).unwrap(),
+        protocol::Cookie::new("guess").unwrap(),
+    );
+    liar.send_preamble();
+    liar.write_bytes(&hello);
+    assert!(matches!(
+        liar.read_message::<HandshakeMessage>(WAIT),
+        Incoming::Message(HandshakeMessage::Challenge { .. })
+    ));
+    liar.send_handshake(&HandshakeMessage::Confirm { confirm: [7; 32] });
+    match liar.read_message::<HandshakeMessage>(WAIT) {
+        Incoming::Message(HandshakeMessage::Refused {
+            reason: RefuseReason::NotAllowed,
+        }) => {}
+        other => panic!("expected a generic refusal, got {other:?}"),
+    }
+    liar.expect_closed(WAIT);
 
     // And the right cookie works on the same server.
     let mut ok = RawClient::connect("ok", server.port());
@@ -112,13 +139,20 @@ fn the_cookie_never_appears_on_the_wire() {
 
     let rec = proxy.recorded();
     assert_eq!(rec.connections, 2, "both clients went through the proxy");
-    // The recording works: it has the preamble and what ann said.
+    // The recording works (it has the preamble), and nothing said is in it: the
+    // session is encrypted.
     assert!(rec.upstream.starts_with(b"EXM"), "no preamble recorded");
-    assert!(contains_bytes(
-        &rec.upstream,
-        b"a public message through the proxy"
-    ));
-    assert!(contains_bytes(&rec.downstream, b"bob answers"));
+    for said in [
+        &b"a public message through the proxy"[..],
+        b"a private one",
+        b"bob answers",
+    ] {
+        assert!(
+            !contains_bytes(&rec.upstream, said) && !contains_bytes(&rec.downstream, said),
+            "{:?} crossed the wire in clear",
+            String::from_utf8_lossy(said)
+        );
+    }
     for secret in [cookie, wrong] {
         assert!(
             !contains_bytes(&rec.upstream, secret.as_bytes()),

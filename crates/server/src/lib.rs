@@ -5,16 +5,19 @@
 //! How a message travels:
 //!
 //! ```text
-//! socket -> inbound.rs + connection.rs (reader: decode, validate, rate-limit)
+//! socket -> admission.rs (handshake pool, failed-guess limit), connection.rs (handshake)
+//!        -> inbound.rs + connection.rs (reader: open records, decode, validate, rate-limit)
 //!        -> registry.rs   (the actor that owns the room; encodes each event once)
 //!        -> peer.rs       (a member: its outbox.rs, a bounded queue; full = slow consumer)
-//!        -> writer.rs     (drains the outbox, many frames per writev) -> socket
+//!        -> writer.rs     (drains the outbox, seals many frames per record) -> socket
 //! ```
 
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod inbound;
 pub mod listener;
+pub mod log_limit;
 pub mod outbox;
 pub mod peer;
 pub mod rate_limit;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,10 +23,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let registry = registry::spawn(REGISTRY_MAILBOX, config.tick * config.silent_ticks);
+    let private_limit = registry::PrivateLimit {
+        rate: config.pm_rate_per_sec,
+        burst: config.pm_burst,
+    };
+    let registry = registry::spawn(
+        REGISTRY_MAILBOX,
+        config.tick * config.silent_ticks,
+        private_limit,
+    );
     let stopping = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(config.max_clients));
     let grace = config.shutdown_grace;
     let config_tick = config.tick;
     let shared = Arc::new(Shared::new(
@@ -54,13 +60,11 @@ pub async fn serve(
             }
         };
         next_id += 1;
-        let permit = Arc::clone(&permits).try_acquire_owned().ok();
         tracker.spawn(connection::handle(
             stream,
             addr,
             next_id,
             Arc::clone(&shared),
-            permit,
         ));
     }
     tracing::info!("shutting down");

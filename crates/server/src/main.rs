@@ -78,9 +78,28 @@ struct RoomArgs {
     /// Seconds a new connection has to finish its handshake.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     handshake_timeout: f64,
-    /// Most connections at once.
+    /// Most authenticated connections at once.
     #[arg(long, default_value_t = 10_000)]
     max_clients: usize,
+    /// Most connections still in their handshake, in all.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_handshakes: usize,
+    /// Most connections still in their handshake from one address (IPv6: one /64).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    max_handshakes_per_address: usize,
+    /// Failed handshakes (cookie guesses) one address may make before it must wait.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    auth_failures: u32,
+    /// Seconds for one failed handshake of an address to be forgotten: past
+    /// --auth-failures, one attempt per this many seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    auth_retry: f64,
+    /// Private messages one member may receive per second, on average.
+    #[arg(long, default_value_t = 20.0, value_name = "PER_SECOND")]
+    pm_rate: f64,
+    /// Private messages one member may receive in a burst.
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    pm_burst: u32,
     /// Longest message text in bytes.
     #[arg(long, default_value_t = protocol::limits::DEFAULT_MAX_TEXT_LEN, value_name = "BYTES")]
     max_text: usize,
@@ -219,6 +238,15 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.tick = seconds(args.tick, "--tick")?;
     config.handshake_timeout = seconds(args.handshake_timeout, "--handshake-timeout")?;
     config.max_clients = args.max_clients;
+    config.max_handshakes = args.max_handshakes.max(1);
+    config.max_handshakes_per_address = args.max_handshakes_per_address.max(1);
+    config.auth_failures = args.auth_failures.max(1);
+    config.auth_retry = seconds(args.auth_retry, "--auth-retry")?;
+    if !(args.pm_rate.is_finite() && args.pm_rate > 0.0) {
+        bail!("--pm-rate must be a positive number, not {}", args.pm_rate);
+    }
+    config.pm_rate_per_sec = args.pm_rate;
+    config.pm_burst = args.pm_burst.max(1);
     config.max_text_len = args.max_text;
     config.send_queue_frames = args.send_queue.max(1);
     if args.send_queue_bytes < protocol::limits::MAX_FRAME_LEN + 4 {

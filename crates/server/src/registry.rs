@@ -9,15 +9,17 @@
 //! [`RegistryHandle`] is the narrow interface to membership and broadcast; a clustered
 //! backend can implement the same calls later.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::limits::{self, NickError};
+use protocol::unicode;
 use protocol::{Event, EventKind, LeaveReason, Reply};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::peer::{DeliveryError, Peer, RoomEvent};
+use crate::rate_limit::{TokenBucket, Verdict};
 
 /// Identifies one connection for its whole life.
 pub type ConnId = u64;
@@ -111,12 +113,37 @@ impl RegistryHandle {
     }
 }
 
+/// How many private messages one member may receive: `rate` per second on average,
+/// bursts of `burst`.
+#[derive(Debug, Clone, Copy)]
+pub struct PrivateLimit {
+    /// Per second, on average.
+    pub rate: f64,
+    /// In a burst.
+    pub burst: u32,
+}
+
+impl Default for PrivateLimit {
+    fn default() -> Self {
+        Self {
+            rate: 20.0,
+            burst: 40,
+        }
+    }
+}
+
 /// Starts the registry actor with a mailbox of `mailbox` commands; on each
-/// [`Command::Tick`] it drops connections silent for `silence_limit`.
-pub fn spawn(mailbox: usize, silence_limit: Duration) -> RegistryHandle {
+/// [`Command::Tick`] it drops connections silent for `silence_limit`. Each member may
+/// receive private messages within `private_limit`.
+pub fn spawn(
+    mailbox: usize,
+    silence_limit: Duration,
+    private_limit: PrivateLimit,
+) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(mailbox);
     let registry = Registry {
         silence_limit,
+        private_limit,
         ..Registry::default()
     };
     tokio::spawn(registry.run(rx));
@@ -126,6 +153,8 @@ pub fn spawn(mailbox: usize, silence_limit: Duration) -> RegistryHandle {
 struct Connection {
     peer: Arc<dyn Peer>,
     nick: Option<String>,
+    /// Private messages this member may still receive (made on joining).
+    private_bucket: Option<TokenBucket>,
     /// Set once the registry has closed this connection; its own `Detach` follows.
     closed: bool,
 }
@@ -135,6 +164,11 @@ struct Registry {
     connections: HashMap<ConnId, Connection>,
     /// Members by nick, sorted so user lists come out in order.
     members: BTreeMap<String, (ConnId, Arc<dyn Peer>)>,
+    /// The uniqueness keys of the members' nicks ([`protocol::unicode::nick_key`]): no
+    /// two members' nicks differ only in case, accents or look-alike letters.
+    nick_keys: HashSet<String>,
+    /// What each member may receive of private messages.
+    private_limit: PrivateLimit,
     /// The last room sequence number handed out.
     seq: u64,
     /// Set by [`Command::Shutdown`]: everyone has been told, so departures are no
@@ -157,6 +191,7 @@ impl Registry {
                 let connection = Connection {
                     peer,
                     nick: None,
+                    private_bucket: None,
                     closed: false,
                 };
                 self.connections.insert(id, connection);
@@ -248,22 +283,29 @@ impl Registry {
             self.reply(id, Reply::AlreadyJoined { nick });
             return;
         }
-        let refusal = match limits::validate_nick(&nick) {
-            Err(NickError::NotAllowed(_)) => Some(Reply::NickNotAllowed),
-            Err(NickError::Invalid(reason)) => Some(Reply::InvalidNick { reason }),
-            Ok(()) if self.members.contains_key(&nick) => Some(Reply::NickInUse),
-            Ok(()) => None,
+        let nick = match limits::normalize_nick(&nick) {
+            Err(NickError::NotAllowed(_)) => Err(Reply::NickNotAllowed),
+            Err(NickError::Invalid(reason)) => Err(Reply::InvalidNick { reason }),
+            Ok(nick) if self.nick_keys.contains(&unicode::nick_key(&nick)) => Err(Reply::NickInUse),
+            Ok(nick) => Ok(nick),
         };
-        if let Some(reply) = refusal {
-            tracing::debug!(%nick, ?reply, "join refused");
-            self.reply(id, reply);
-            return;
-        }
+        let nick = match nick {
+            Ok(nick) => nick,
+            Err(reply) => {
+                tracing::debug!(?reply, "join refused");
+                self.reply(id, reply);
+                return;
+            }
+        };
         let peer = Arc::clone(&connection.peer);
         tracing::info!(%nick, node = %peer.node(), "joined");
+        self.nick_keys.insert(unicode::nick_key(&nick));
         self.members.insert(nick.clone(), (id, peer));
+        let private_limit = self.private_limit;
         if let Some(connection) = self.connections.get_mut(&id) {
             connection.nick = Some(nick.clone());
+            connection.private_bucket =
+                Some(TokenBucket::new(private_limit.rate, private_limit.burst));
         }
         let (users, more) = self.user_list();
         self.reply(id, Reply::Joined { users, more });
@@ -275,11 +317,23 @@ impl Registry {
             self.reply(id, Reply::NotJoined);
             return;
         };
-        let Some((to_id, peer)) = self.members.get(&to) else {
+        let Some((to_id, _)) = self.members.get(&to) else {
             self.reply(id, Reply::NoSuchUser { nick: to });
             return;
         };
         let to_id = *to_id;
+        let within = self
+            .connections
+            .get_mut(&to_id)
+            .and_then(|c| c.private_bucket.as_mut())
+            .is_none_or(|bucket| bucket.check(std::time::Instant::now()) == Verdict::Allow);
+        if !within {
+            self.reply(id, Reply::RecipientBusy { nick: to });
+            return;
+        }
+        let Some((_, peer)) = self.members.get(&to) else {
+            return;
+        };
         self.seq += 1;
         let event = Event {
             seq: self.seq,
@@ -348,6 +402,10 @@ impl Registry {
             return false;
         };
         self.members.remove(&nick);
+        self.nick_keys.remove(&unicode::nick_key(&nick));
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.private_bucket = None;
+        }
         tracing::info!(%nick, reason = reason.describe(), "left");
         if !self.shutting_down {
             self.broadcast(EventKind::Left { nick, reason }, None);
