@@ -220,6 +220,8 @@ fn the_cookie_can_come_from_the_environment_or_a_file() {
 
     let file = ctx.home().join("my-cookie");
     std::fs::write(&file, "env-cookie-123\n").expect("write the cookie file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        .expect("make the cookie file private");
     let file = file.to_str().expect("utf-8 temp path").to_string();
     let _bob = ctx
         .client("bob")
@@ -241,4 +243,28 @@ fn the_cookie_can_come_from_the_environment_or_a_file() {
     eve.proc.expect_failure(LONG);
     // No default cookie file was needed.
     assert!(!ctx.home().join(".erlang.cookie").exists());
+}
+
+#[test]
+fn a_cookie_file_others_can_read_is_refused_with_erlangs_advice() {
+    let ctx = Ctx::new();
+    let file = ctx.home().join(".erlang.cookie");
+    std::fs::write(&file, "shared-by-accident\n").expect("write the cookie file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod the cookie file");
+    let expected = format!(
+        "cookie file {} must be accessible by owner only",
+        file.display()
+    );
+    let mut server = ctx.server("server@localhost").no_cookie().spawn();
+    let line = server.expect_stderr_line(&expected, LONG);
+    assert!(line.contains("chmod 400"), "no advice in {line:?}");
+    assert_ne!(server.expect_failure(LONG), 0);
+    let mut client = ctx
+        .client("ann")
+        .no_cookie()
+        .server_arg("server@localhost:1", "server@localhost")
+        .spawn();
+    client.proc.expect_stderr_line(&expected, LONG);
+    assert_ne!(client.proc.expect_failure(LONG), 0);
 }
