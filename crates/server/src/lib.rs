@@ -18,6 +18,7 @@ pub mod connection;
 pub mod inbound;
 pub mod listener;
 pub mod log_limit;
+pub mod mapper;
 pub mod outbox;
 pub mod peer;
 pub mod rate_limit;

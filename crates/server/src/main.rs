@@ -176,38 +176,47 @@ async fn run_room(args: RoomArgs) -> Result<()> {
     let port = listener.local_addr()?.port();
 
     let mapper_port = portmap::mapper_port_from_env();
-    let exe =
-        std::env::current_exe().context("cannot find this program to start the port mapper")?;
-    let mapper_port_arg = mapper_port.to_string();
-    let started = portmap::ensure_running(
+    let keeper = chat_server::mapper::Keeper {
         mapper_port,
-        &exe,
-        &["port-mapper", "--port", &mapper_port_arg],
-    )
-    .await
-    .with_context(|| format!("no port mapper on port {mapper_port}, and starting one failed"))?;
-    if started {
-        tracing::info!(
-            port = mapper_port,
-            "started a port mapper in the background"
-        );
-    }
-    let mapper = SocketAddr::from((Ipv4Addr::LOCALHOST, mapper_port));
-    let mut registration = match portmap::register(mapper, name.alive(), port).await {
+        alive: name.alive().to_string(),
+        port,
+        program: std::env::current_exe()
+            .context("cannot find this program to start the port mapper")?,
+        args: vec![
+            "port-mapper".into(),
+            "--port".into(),
+            mapper_port.to_string(),
+        ],
+    };
+    let registration = match keeper.register().await {
         Ok(registration) => registration,
         Err(portmap::PortmapError::NameTaken(alive)) => {
+            let holder =
+                portmap::lookup(SocketAddr::from((Ipv4Addr::LOCALHOST, mapper_port)), &alive)
+                    .await
+                    .map_or_else(
+                        |_| "another process".to_string(),
+                        |p| format!("the process listening on port {p}"),
+                    );
             bail!(
-                "a node named {alive} is already running on this host (port mapper on port {mapper_port})"
+                "the name {alive} is already registered with the port mapper on port {mapper_port} by {holder}: \
+                 another chat-server named {name} is running, or some program took the name (it cannot \
+                 read or forge anything without the cookie); stop it, or pick another --sname/--name"
             )
+        }
+        Err(
+            e @ (portmap::PortmapError::Spawn { .. }
+            | portmap::PortmapError::MapperExited { .. }
+            | portmap::PortmapError::StartTimeout { .. }),
+        ) => {
+            return Err(e).with_context(|| {
+                format!("no port mapper on port {mapper_port}, and starting one failed")
+            });
         }
         Err(e) => return Err(e).context("cannot register with the port mapper"),
     };
-    tokio::spawn(async move {
-        registration.closed().await;
-        tracing::warn!("the port mapper went away: clients can no longer find this node by name");
-        // Keep the registration alive (and dropped) with the task.
-        drop(registration);
-    });
+    // Kept for the life of the server: re-registers whenever the mapper goes away.
+    tokio::spawn(keeper.keep(registration));
 
     tracing::info!(cookie = %cookie_source, "cookie loaded");
     let signals = ShutdownSignals::install()?;
