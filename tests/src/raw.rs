@@ -71,14 +71,34 @@ impl RawClient {
         Self::connect_with(label, port, Some(bytes))
     }
 
+    /// As [`RawClient::connect`], from the loopback address `from` (any of 127.0.0.0/8):
+    /// another host, as far as the server's per-address limits can tell.
+    #[track_caller]
+    pub fn connect_from(label: &str, from: std::net::Ipv4Addr, port: u16) -> RawClient {
+        Self::connect_full(label, port, None, Some(from))
+    }
+
     #[track_caller]
     fn connect_with(label: &str, port: u16, recv_buffer: Option<u32>) -> RawClient {
+        Self::connect_full(label, port, recv_buffer, None)
+    }
+
+    #[track_caller]
+    fn connect_full(
+        label: &str,
+        port: u16,
+        recv_buffer: Option<u32>,
+        from: Option<std::net::Ipv4Addr>,
+    ) -> RawClient {
         let rt = runtime();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let stream = rt.block_on(async {
             let socket = TcpSocket::new_v4()?;
             if let Some(size) = recv_buffer {
                 socket.set_recv_buffer_size(size)?;
+            }
+            if let Some(from) = from {
+                socket.bind((from, 0).into())?;
             }
             tokio::time::timeout(WAIT, socket.connect(addr))
                 .await
