@@ -187,7 +187,8 @@ async fn next_frame(
         if let Some(payload) = framing.decode(buffer).map_err(codec::framing_error)? {
             return Ok(Some(payload));
         }
-        buffer.reserve(HANDSHAKE_BUFFER);
+        // Room for one whole frame, no more: a stalled handshake holds at most this.
+        buffer.reserve(HANDSHAKE_BUFFER.saturating_sub(buffer.len()).max(1));
         if stream.read_buf(buffer).await? == 0 {
             return Ok(None);
         }

@@ -11,6 +11,10 @@
 //! stream of length-delimited frames, so a record holds many frames and a frame may span
 //! records. [`Sealer`] seals in place: a writer copies what it sends once, into its own
 //! buffer, and the cipher runs over that buffer.
+//!
+//! Sealers and openers keep only the 32-byte key and the counter, and expand the key for
+//! each batch or record (about 100 ns with AES-NI): an idle connection then holds 40
+//! bytes per direction rather than a kilobyte of round keys and GHASH tables.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -63,17 +67,18 @@ pub fn sealed_len(plaintext: usize) -> usize {
 
 /// Seals records for one direction.
 pub struct Sealer {
-    cipher: Aes256Gcm,
+    key: TrafficKey,
     next: u64,
 }
 
 impl Sealer {
     /// A sealer whose first record uses nonce 0.
     pub fn new(key: &TrafficKey) -> Self {
-        Self {
-            cipher: Aes256Gcm::new(key.into()),
-            next: 0,
-        }
+        Self { key: *key, next: 0 }
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new((&self.key).into())
     }
 
     /// Starts a record at the end of `buf` by reserving its header; returns where the
@@ -88,6 +93,16 @@ impl Sealer {
     /// plaintext (at most [`MAX_RECORD_PLAINTEXT`] bytes). Writes the header, encrypts,
     /// appends the tag.
     pub fn seal_from(&mut self, buf: &mut BytesMut, start: usize) -> Result<(), RecordError> {
+        let cipher = self.cipher();
+        self.seal_with(&cipher, buf, start)
+    }
+
+    fn seal_with(
+        &mut self,
+        cipher: &Aes256Gcm,
+        buf: &mut BytesMut,
+        start: usize,
+    ) -> Result<(), RecordError> {
         let body_start = start + RECORD_HEADER_LEN;
         let plain_len = buf.len().saturating_sub(body_start);
         if plain_len > MAX_RECORD_PLAINTEXT || buf.len() < body_start {
@@ -99,8 +114,7 @@ impl Sealer {
         let header = ((plain_len + TAG_LEN) as u32).to_be_bytes();
         let (head, body) = buf[start..].split_at_mut(RECORD_HEADER_LEN);
         head.copy_from_slice(&header);
-        let tag = self
-            .cipher
+        let tag = cipher
             .encrypt_in_place_detached(Nonce::from_slice(&nonce(counter)), &header, body)
             .map_err(|_| RecordError::TooLarge)?;
         buf.extend_from_slice(&tag);
@@ -116,6 +130,7 @@ impl Sealer {
         out: &mut BytesMut,
     ) -> Result<(), RecordError> {
         let mut start: Option<usize> = None;
+        let mut cipher: Option<Aes256Gcm> = None;
         for mut chunk in chunks {
             while !chunk.is_empty() {
                 let begun = *start.get_or_insert_with(|| Self::begin(out));
@@ -124,13 +139,15 @@ impl Sealer {
                 out.extend_from_slice(&chunk[..take]);
                 chunk = &chunk[take..];
                 if take == room {
-                    self.seal_from(out, begun)?;
+                    let cipher = cipher.get_or_insert_with(|| self.cipher());
+                    self.seal_with(cipher, out, begun)?;
                     start = None;
                 }
             }
         }
         if let Some(begun) = start {
-            self.seal_from(out, begun)?;
+            let cipher = cipher.get_or_insert_with(|| self.cipher());
+            self.seal_with(cipher, out, begun)?;
         }
         Ok(())
     }
@@ -138,7 +155,7 @@ impl Sealer {
 
 /// Opens records from one direction, in order.
 pub struct Opener {
-    cipher: Aes256Gcm,
+    key: TrafficKey,
     next: u64,
     failed: bool,
 }
@@ -147,7 +164,7 @@ impl Opener {
     /// An opener expecting nonce 0 first.
     pub fn new(key: &TrafficKey) -> Self {
         Self {
-            cipher: Aes256Gcm::new(key.into()),
+            key: *key,
             next: 0,
             failed: false,
         }
@@ -189,7 +206,7 @@ impl Opener {
         let (head, body) = record.split_at_mut(RECORD_HEADER_LEN);
         let (text, tag) = body.split_at_mut(body.len() - TAG_LEN);
         let counter = self.next;
-        self.cipher
+        Aes256Gcm::new((&self.key).into())
             .decrypt_in_place_detached(
                 Nonce::from_slice(&nonce(counter)),
                 head,
