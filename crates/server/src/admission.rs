@@ -6,12 +6,15 @@
 //!   `--max-clients` permits, taken only once the cookie is proven, so idle sockets from
 //!   one host cannot lock cookie holders out.
 //! - **Failed handshakes per source address.** Each address (IPv4, or IPv6 /64) has a
-//!   bucket of `failures` tokens refilling one per `retry` period. A key exchange needs a
-//!   token's worth of room: no more exchanges run at once from an address than it has
-//!   tokens, a failed one (wrong cookie, silence, hang-up) spends a token, and a
-//!   successful one spends nothing. An address with no tokens and nothing in flight is
-//!   refused (`try again later`); one with exchanges in flight waits for them. So every
-//!   guess of the cookie costs a token, however many connections an attacker opens.
+//!   bucket of `failures` tokens refilling one per `retry` period. A failed key exchange
+//!   (wrong cookie, silence, hang-up) spends a token, and may run the bucket into debt;
+//!   a successful one spends nothing. An address whose bucket is full (no failure
+//!   lately) may run as many exchanges at once as its share of the pool allows, so a
+//!   host full of honest clients is never slowed down. Once it has failed, it may run
+//!   no more exchanges at once than it has whole tokens; with none and nothing in flight
+//!   it is refused (`try again later`), with some in flight it waits for them. So every
+//!   guess costs a token: a burst of parallel guesses from a quiet address leaves a debt
+//!   that takes `retry` per guess to repay before the next attempt.
 //!
 //! The table of addresses is bounded: past [`MAX_TRACKED`] addresses, new ones share one
 //! overflow bucket.
@@ -203,8 +206,12 @@ impl Admission {
             let notified;
             {
                 let mut state = self.lock();
+                let capacity = f64::from(self.limits.failures);
                 let (key, entry) = self.entry(&mut state, ip, Instant::now());
-                if f64::from(entry.exchanging) + 1.0 <= entry.tokens {
+                // A quiet address is bounded by the pool only; one that failed lately by
+                // its whole tokens.
+                let clean = entry.tokens >= capacity;
+                if clean || f64::from(entry.exchanging) + 1.0 <= entry.tokens {
                     entry.exchanging += 1;
                     return Some(Exchange {
                         admission: Arc::clone(self),
@@ -231,7 +238,8 @@ impl Admission {
             entry.refill(&self.limits, Instant::now());
             entry.exchanging = entry.exchanging.saturating_sub(1);
             if failed {
-                entry.tokens = (entry.tokens - 1.0).max(0.0);
+                // No floor: parallel failures leave a debt to repay.
+                entry.tokens -= 1.0;
             }
             // Everyone waiting looks again: one may run now, or learn it must give up.
             entry.changed.notify_waiters();
@@ -309,11 +317,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn parallel_exchanges_cannot_exceed_the_tokens() {
+    async fn a_quiet_address_runs_many_at_once_and_repays_their_failures() {
         let admission = admission(2, 3600);
+        // Quiet: ten at once.
+        let wave: Vec<_> = futures_wave(&admission, 10).await;
+        assert_eq!(wave.len(), 10);
+        // All fail: a debt of eight, so nothing more for a long while.
+        drop(wave);
+        assert!(admission.exchange(A).await.is_none());
+        assert!(admission.lock().entries[&Key::Addr(A)].tokens < -7.9);
+    }
+
+    async fn futures_wave(admission: &Arc<Admission>, n: usize) -> Vec<Exchange> {
+        let mut wave = Vec::new();
+        for _ in 0..n {
+            wave.push(
+                admission
+                    .exchange(A)
+                    .await
+                    .expect("room on a quiet address"),
+            );
+        }
+        wave
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_parallel_exchanges_cannot_exceed_the_tokens() {
+        let admission = admission(3, 3600);
+        drop(admission.exchange(A).await.unwrap());
+        // Two tokens left: two at once, a third waits.
         let first = admission.exchange(A).await.unwrap();
-        let _second = admission.exchange(A).await.unwrap();
-        // A third must wait for one of them; a failure then leaves room for it.
+        let second = admission.exchange(A).await.unwrap();
         let waiting = tokio::spawn({
             let admission = Arc::clone(&admission);
             async move { admission.exchange(A).await.is_some() }
@@ -321,7 +355,11 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         drop(first);
-        // Two tokens, one spent, one in flight: the waiter must give up.
+        // One token and one in flight: still no room, the waiter waits.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(second);
+        // No token left and nothing in flight: the waiter must give up.
         assert!(!waiting.await.unwrap());
     }
 

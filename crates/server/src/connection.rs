@@ -41,7 +41,8 @@ use crate::rate_limit::{TokenBucket, Verdict};
 use crate::registry::{Command, ConnId, RegistryHandle};
 use crate::writer;
 
-/// Flood-limit tokens a join or a leave costs: each is a broadcast to the whole room.
+/// Flood-limit tokens a join or a leave costs (at most a quarter of the burst): each is a
+/// broadcast to the whole room.
 const MEMBERSHIP_COST: f64 = 5.0;
 
 /// Longest peer-supplied string written to a log, in characters.
@@ -412,7 +413,10 @@ impl Reader<'_> {
         // answers to the server's own pings are free.
         let cost = match message {
             ClientMessage::Pong => return None,
-            ClientMessage::Join { .. } | ClientMessage::Leave => MEMBERSHIP_COST,
+            // At most a quarter of the burst, so a join still leaves room to speak.
+            ClientMessage::Join { .. } | ClientMessage::Leave => {
+                (f64::from(self.shared.config.burst) / 4.0).clamp(1.0, MEMBERSHIP_COST)
+            }
             _ => 1.0,
         };
         match self.bucket.check_cost(std::time::Instant::now(), cost) {
