@@ -13,7 +13,7 @@ use std::thread;
 /// What to do to the session.
 #[derive(Debug, Clone)]
 pub enum Tamper {
-    /// Flip one bit of the ciphertext of this upstream record.
+    /// Flip one bit of this upstream record.
     FlipUp(usize),
     /// Leave out this upstream record.
     DropUp(usize),
@@ -21,7 +21,7 @@ pub enum Tamper {
     ReplayUp(usize, usize),
     /// Insert these bytes (a made-up record) just before this upstream record.
     InjectUp(usize, Vec<u8>),
-    /// Flip one bit of the ciphertext of this downstream record.
+    /// Flip one bit of this downstream record.
     FlipDown(usize),
 }
 
@@ -123,10 +123,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, upstream: bool, tamper: Tamper) 
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// Flips the lowest bit of the first ciphertext byte of a record (right after its
-/// 4-byte length).
+/// Flips the lowest bit of the last byte of a unit (in a record, the tag; in a clear
+/// frame, the end of the text: the kind of change a forger would make).
 fn flip(unit: &mut [u8]) {
-    if let Some(first) = unit.get_mut(4) {
-        *first ^= 1;
+    if let Some(last) = unit.last_mut() {
+        *last ^= 1;
     }
 }

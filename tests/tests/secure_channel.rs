@@ -101,8 +101,10 @@ fn tampered_say_is_refused(tamper: Tamper) {
     mallory.expect_closed(WAIT);
     let left = ann.expect_left("mallory");
     assert!(left.ends_with("(protocol error)"), "{tamper:?}: {left:?}");
-    ann.expect_not_received("transfer the money");
+    // Not even altered: "transfer the monex" would be a forged line too.
+    ann.expect_not_received("transfer the mone");
     ann.expect_not_received("second say");
+    ann.expect_not_received("injected by the relay");
 }
 
 #[test]
@@ -123,10 +125,12 @@ fn a_replayed_record_closes_the_connection() {
 
 #[test]
 fn an_injected_record_closes_the_connection() {
-    // A record-shaped blob: a plausible length, then bytes no one sealed.
-    let mut fake = 40u32.to_be_bytes().to_vec();
-    fake.extend(std::iter::repeat_n(0x42, 40));
-    tampered_say_is_refused(Tamper::InjectUp(1, fake));
+    // What a forger would inject: a well-formed say, as the protocol frames it.
+    let fake = codec::encode_frame(&protocol::ClientMessage::Say {
+        text: "injected by the relay".into(),
+    })
+    .expect("a say encodes");
+    tampered_say_is_refused(Tamper::InjectUp(1, fake.to_vec()));
 }
 
 #[test]
