@@ -1,75 +1,39 @@
-//! The server side of the handshake, fed arbitrary sequences of messages: made-up ones,
-//! ones decoded from raw bytes, and the honest client's (so the fuzzer reaches the
-//! proof and acceptance states too).
+//! The server side of the PAKE handshake, fed arbitrary sequences of frame payloads:
+//! made-up messages, raw bytes, and an honest client's (with the right or a wrong
+//! cookie), so the fuzzer reaches the confirmation and acceptance states too.
 //!
 //! Invariants:
-//! - it never panics, and two machines fed the same sequence take the same steps;
-//! - the only thing it sends before deciding is one `Challenge` with its own name and
-//!   nonce, in answer to the first message, a valid `Hello` addressed to it;
-//! - it accepts only a `Proof` carrying exactly the HMAC the cookie holder would compute
-//!   for the hello it answered, names the hello's sender as the peer, and its `Accepted`
-//!   tag convinces that honest client; nothing follows an acceptance but refusals;
-//! - every refusal replies `Refused`, and a failed proof is the generic `NotAllowed`.
+//! - it never panics;
+//! - the only thing it sends before deciding is one `Challenge` with its own name, in
+//!   answer to the first payload, a valid `Hello` addressed to it;
+//! - it accepts only the confirmation of an honest client that used the right cookie in
+//!   this very exchange; the acceptance is one record that the client opens to
+//!   `Accepted` with the server's tick, and the peer is the hello's sender;
+//! - every refusal is a `Refused` frame, and a failed confirmation says only
+//!   `NotAllowed`.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use protocol::codec;
-use protocol::handshake::{ClientStep, HandshakeError, RefuseReason, ServerStep};
-use protocol::{
-    ClientHandshake, Cookie, HandshakeMessage, NodeName, PROTOCOL_VERSION, ServerHandshake,
-};
+use protocol::codec::{self, HEADER_LEN};
+use protocol::secure::{ClientStep, HandshakeError, RefuseReason, ServerStep};
+use protocol::{ClientHandshake, Cookie, HandshakeMessage, NodeName, PROTOCOL_VERSION, ServerHandshake};
 
 const SERVER: &str = "server@h";
 const CLIENT: &str = "john@h";
 const COOKIE: &str = "chocolate-chip";
-const SERVER_NONCE: [u8; 32] = [7; 32];
-const CLIENT_NONCE: [u8; 32] = [9; 32];
 
-#[derive(Arbitrary, Debug, Clone)]
-enum Name {
-    Server,
-    Client,
-    Other(String),
-}
-
-impl Name {
-    fn text(&self) -> String {
-        match self {
-            Name::Server => SERVER.into(),
-            Name::Client => CLIENT.into(),
-            Name::Other(s) => s.clone(),
-        }
-    }
-}
-
-#[derive(Arbitrary, Debug, Clone)]
+#[derive(Arbitrary, Debug)]
 enum Op {
-    /// The honest client's hello.
-    HonestHello,
-    /// The honest client's answer to the last challenge, with the right or a wrong cookie.
-    HonestProof {
-        right_cookie: bool,
-    },
-    Hello {
-        version: u8,
-        from: Name,
-        to: Name,
-        nonce: [u8; 32],
-    },
-    Challenge {
-        name: Name,
-        nonce: [u8; 32],
-    },
-    Proof {
-        tag: [u8; 32],
-    },
-    Accepted {
-        tag: [u8; 32],
-        tick_ms: u64,
-    },
-    Refused,
-    /// Whatever these bytes decode to (skipped if they do not).
+    /// An honest client's hello, with the right or a wrong cookie.
+    HonestHello { right_cookie: bool },
+    /// The honest client's confirmation of the last challenge (if it made one).
+    HonestConfirm,
+    /// A hello with fields of the fuzzer's choosing.
+    Hello { version: u8, from: String, to_server: bool, pake: [u8; 32] },
+    /// A confirmation with a made-up tag.
+    Confirm { confirm: [u8; 32] },
+    /// Any payload at all.
     Wire(Vec<u8>),
 }
 
@@ -77,161 +41,105 @@ fn name(s: &str) -> NodeName {
     NodeName::parse_long(s).unwrap()
 }
 
-fn honest_client(cookie: &str) -> (ClientHandshake, HandshakeMessage) {
-    ClientHandshake::with_nonce(
-        name(CLIENT),
-        name(SERVER),
-        Cookie::new(cookie).unwrap(),
-        CLIENT_NONCE,
-    )
-}
-
-/// The proof a client named `from` with `nonce` and the real cookie would send.
-fn expected_proof(
-    from: &NodeName,
-    nonce: [u8; 32],
-    challenge: &HandshakeMessage,
-) -> HandshakeMessage {
-    let (mut client, _) = ClientHandshake::with_nonce(
-        from.clone(),
-        name(SERVER),
-        Cookie::new(COOKIE).unwrap(),
-        nonce,
-    );
-    match client.on_message(challenge.clone()) {
-        Ok(ClientStep::Send(proof)) => proof,
-        other => panic!("client refused the server's own challenge: {other:?}"),
-    }
-}
-
-/// Turns the ops into messages (the honest proof depends on what the server sent).
-fn message(op: &Op, last_challenge: Option<&HandshakeMessage>) -> Option<HandshakeMessage> {
-    Some(match op {
-        Op::HonestHello => honest_client(COOKIE).1,
-        Op::HonestProof { right_cookie } => {
-            let (mut client, _) = honest_client(if *right_cookie { COOKIE } else { "oatmeal" });
-            match client.on_message(last_challenge?.clone()) {
-                Ok(ClientStep::Send(proof)) => proof,
-                _ => return None,
-            }
-        }
-        Op::Hello {
-            version,
-            from,
-            to,
-            nonce,
-        } => HandshakeMessage::Hello {
-            version: *version,
-            from: from.text(),
-            to: to.text(),
-            nonce: *nonce,
-        },
-        Op::Challenge { name, nonce } => HandshakeMessage::Challenge {
-            name: name.text(),
-            nonce: *nonce,
-        },
-        Op::Proof { tag } => HandshakeMessage::Proof { tag: *tag },
-        Op::Accepted { tag, tick_ms } => HandshakeMessage::Accepted {
-            tag: *tag,
-            tick_ms: *tick_ms,
-        },
-        Op::Refused => HandshakeMessage::Refused {
-            reason: RefuseReason::NotAllowed,
-        },
-        Op::Wire(bytes) => codec::decode::<HandshakeMessage>(bytes).ok()?,
-    })
+fn payload(frame: &[u8]) -> Vec<u8> {
+    frame[HEADER_LEN..].to_vec()
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let server = || {
-        ServerHandshake::with_nonce(
-            name(SERVER),
-            Cookie::new(COOKIE).unwrap(),
-            15_000,
-            SERVER_NONCE,
-        )
-    };
-    let mut machine = server();
-    let mut twin = server();
-    assert!(machine.claimed_name().is_none());
-
-    // What the server has said so far: the challenge and the hello it answered.
-    let mut answered: Option<(NodeName, [u8; 32], HandshakeMessage)> = None;
-    let mut accepted = false;
+    let mut server = ServerHandshake::new(name(SERVER), Cookie::new(COOKIE).unwrap(), 15_000);
+    // The honest client of this run, if any, whether its cookie is right, and the
+    // confirmation it produced for the server's challenge.
+    let mut honest: Option<(ClientHandshake, bool)> = None;
+    let mut honest_confirm: Option<Vec<u8>> = None;
     let mut fed = 0usize;
-    for op in ops.iter().take(16) {
-        let Some(msg) = message(op, answered.as_ref().map(|a| &a.2)) else {
-            continue;
+    for op in ops.iter().take(12) {
+        let (input, from_honest_confirm) = match op {
+            Op::HonestHello { right_cookie } => {
+                let cookie = if *right_cookie { COOKIE } else { "oatmeal" };
+                let (client, hello) =
+                    ClientHandshake::new(name(CLIENT), name(SERVER), Cookie::new(cookie).unwrap());
+                honest = Some((client, *right_cookie));
+                (payload(&hello), false)
+            }
+            Op::HonestConfirm => match &honest_confirm {
+                Some(confirm) => (confirm.clone(), true),
+                None => continue,
+            },
+            Op::Hello { version, from, to_server, pake } => {
+                let msg = HandshakeMessage::Hello {
+                    version: *version,
+                    from: from.clone(),
+                    to: if *to_server { SERVER.into() } else { from.clone() },
+                    pake: *pake,
+                };
+                match codec::encode_frame(&msg) {
+                    Ok(frame) => (payload(&frame), false),
+                    Err(_) => continue,
+                }
+            }
+            Op::Confirm { confirm } => {
+                let frame = codec::encode_frame(&HandshakeMessage::Confirm { confirm: *confirm }).unwrap();
+                (payload(&frame), false)
+            }
+            Op::Wire(bytes) => (bytes.clone(), false),
         };
-        let step = machine.on_message(msg.clone());
-        assert_eq!(
-            step,
-            twin.on_message(msg.clone()),
-            "same input, different step"
-        );
         fed += 1;
-        match step {
+        match server.on_frame(&input) {
             ServerStep::Send(challenge) => {
-                assert!(!accepted, "spoke after accepting");
-                assert_eq!(fed, 1, "a challenge only answers the first message");
-                let HandshakeMessage::Hello {
-                    version,
-                    from,
-                    to,
-                    nonce,
-                } = msg
+                assert_eq!(fed, 1, "a challenge only answers the first payload");
+                let Ok(HandshakeMessage::Hello { version, from, to, .. }) =
+                    codec::decode::<HandshakeMessage>(&input)
                 else {
-                    panic!("challenged {msg:?}");
+                    panic!("challenged something that is not a hello");
                 };
                 assert_eq!(version, PROTOCOL_VERSION);
                 assert_eq!(name(&to), name(SERVER));
-                assert_eq!(
-                    challenge,
-                    HandshakeMessage::Challenge {
-                        name: SERVER.into(),
-                        nonce: SERVER_NONCE
+                assert_eq!(server.claimed_name(), NodeName::parse_long(&from).ok().as_ref());
+                assert!(server.exchanged_keys());
+                match codec::decode::<HandshakeMessage>(&challenge[HEADER_LEN..]) {
+                    Ok(HandshakeMessage::Challenge { name, .. }) => assert_eq!(name, SERVER),
+                    other => panic!("sent {other:?}"),
+                }
+                // Only an honest hello gets the honest client's answer.
+                if let (Some((client, right)), Op::HonestHello { .. }) = (honest.as_mut(), op) {
+                    match client.on_frame(&challenge[HEADER_LEN..]) {
+                        Ok(ClientStep::Send(confirm)) => {
+                            assert!(*right, "a wrong cookie confirmed the server");
+                            honest_confirm = Some(payload(&confirm));
+                        }
+                        Err(HandshakeError::KeyMismatch) => assert!(!*right, "the right cookie failed"),
+                        Err(e) => panic!("the honest client failed: {e}"),
+                        Ok(ClientStep::Done { .. }) => panic!("done on a challenge"),
                     }
-                );
-                let from = NodeName::parse_long(&from).expect("challenged a bad name");
-                assert_eq!(machine.claimed_name(), Some(&from));
-                answered = Some((from, nonce, challenge));
+                }
             }
-            ServerStep::Accept { reply, peer } => {
-                assert!(!accepted, "accepted twice");
-                assert_eq!(fed, 2, "accepted at message {fed}");
-                let (from, nonce, challenge) = answered.clone().expect("accepted without a hello");
-                assert_eq!(peer, from);
-                assert_eq!(
-                    msg,
-                    expected_proof(&from, nonce, &challenge),
-                    "accepted a wrong proof"
-                );
-                // The server's own proof convinces the honest client.
-                let (mut client, _) = ClientHandshake::with_nonce(
-                    from,
-                    name(SERVER),
-                    Cookie::new(COOKIE).unwrap(),
-                    nonce,
-                );
-                assert!(matches!(
-                    client.on_message(challenge),
-                    Ok(ClientStep::Send(_))
-                ));
-                assert_eq!(
-                    client.on_message(reply),
-                    Ok(ClientStep::Done { tick_ms: 15_000 })
-                );
-                accepted = true;
+            ServerStep::Accept { reply, peer, .. } => {
+                assert!(from_honest_confirm, "accepted a confirmation no honest client made");
+                assert_eq!(fed, 2, "accepted at payload {fed}");
+                assert_eq!(peer, name(CLIENT));
+                let (mut client, right) = honest.take().expect("an honest client");
+                assert!(right);
+                match client.on_frame(&reply[HEADER_LEN..]) {
+                    Ok(ClientStep::Done { tick_ms, .. }) => assert_eq!(tick_ms, 15_000),
+                    _ => panic!("the client could not open the acceptance"),
+                }
+                return;
             }
             ServerStep::Refuse { reply, error } => {
-                let HandshakeMessage::Refused { reason } = reply else {
-                    panic!("refusal replied {reply:?}");
-                };
-                if error == HandshakeError::BadClientProof {
-                    assert_eq!(reason, RefuseReason::NotAllowed);
+                if !reply.is_empty() {
+                    let Ok(HandshakeMessage::Refused { reason }) =
+                        codec::decode::<HandshakeMessage>(&reply[HEADER_LEN..])
+                    else {
+                        panic!("a refusal that is not Refused");
+                    };
+                    if error == HandshakeError::KeyMismatch {
+                        assert_eq!(reason, RefuseReason::NotAllowed);
+                    }
                 }
-                // The connection closes after a refusal; what the machine does with input
-                // fed after that is outside its contract.
+                assert!(!from_honest_confirm || !matches!(error, HandshakeError::KeyMismatch),
+                    "refused an honest confirmation");
+                // The connection closes after a refusal; a refused machine stays refused.
+                assert!(matches!(server.on_frame(&input), ServerStep::Refuse { .. }));
                 return;
             }
         }

@@ -6,13 +6,12 @@ use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::handshake::ClientStep;
+use protocol::secure::ClientStep;
 use protocol::{
-    ClientHandshake, ClientMessage, Cookie, HandshakeError, HandshakeMessage, NodeName, PREAMBLE,
-    Reply, ServerMessage, codec,
+    ClientHandshake, ClientMessage, Cookie, Established, HandshakeError, NodeName, PREAMBLE, Reply,
+    ServerMessage, codec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
@@ -115,12 +114,16 @@ impl Rng {
 }
 
 /// An async raw protocol connection (for many clients in one tokio runtime). Reads and
-/// writes go through separate halves; every wait is bounded by the caller.
+/// writes go through separate halves; every wait is bounded by the caller. After the
+/// handshake, messages go through the secure channel; [`AsyncRaw::write_sealed`] seals
+/// arbitrary bytes, [`AsyncRaw::write_bytes`] writes them on the socket as they are.
 pub struct AsyncRaw {
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     buf: BytesMut,
     framing: LengthDelimitedCodec,
+    channel: Option<Established>,
+    plain: BytesMut,
     /// Bytes written so far.
     pub bytes_sent: u64,
 }
@@ -128,7 +131,15 @@ pub struct AsyncRaw {
 impl AsyncRaw {
     /// Opens a TCP connection to 127.0.0.1:`port`, nothing more.
     pub async fn connect(port: u16) -> io::Result<AsyncRaw> {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port)))
+        Self::connect_from(std::net::Ipv4Addr::LOCALHOST, port).await
+    }
+
+    /// Opens a TCP connection from the loopback address `from` (any of 127.0.0.0/8) to
+    /// 127.0.0.1:`port`: a client on another host, as far as the server can tell.
+    pub async fn connect_from(from: std::net::Ipv4Addr, port: u16) -> io::Result<AsyncRaw> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((from, 0).into())?;
+        let stream = tokio::time::timeout(WAIT, socket.connect(([127, 0, 0, 1], port).into()))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
@@ -138,6 +149,8 @@ impl AsyncRaw {
             wr,
             buf: BytesMut::with_capacity(4096),
             framing: codec::framing(),
+            channel: None,
+            plain: BytesMut::new(),
             bytes_sent: 0,
         })
     }
@@ -205,10 +218,29 @@ impl AsyncRaw {
         self.wr.shutdown().await
     }
 
-    /// Sends one session message.
+    /// Seals `data` as it is into the channel's records and writes them (garbage or
+    /// oversized frames that pass the record layer). An error before the handshake.
+    pub async fn write_sealed(&mut self, data: &[u8]) -> io::Result<()> {
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no channel before the handshake"))?;
+        let mut records = BytesMut::new();
+        channel
+            .sealer
+            .seal_stream([data], &mut records)
+            .map_err(io::Error::other)?;
+        self.write_bytes(&records).await
+    }
+
+    /// Sends one session message (sealed once the handshake is done).
     pub async fn send(&mut self, msg: &ClientMessage) -> io::Result<()> {
         let frame = codec::encode_frame(msg).map_err(io::Error::other)?;
-        self.write_bytes(&frame).await
+        if self.channel.is_some() {
+            self.write_sealed(&frame).await
+        } else {
+            self.write_bytes(&frame).await
+        }
     }
 
     /// Runs the client side of the handshake (preamble included).
@@ -220,25 +252,25 @@ impl AsyncRaw {
         self.write_bytes(&PREAMBLE)
             .await
             .map_err(|e| e.to_string())?;
-        self.write_handshake(&hello).await?;
+        self.write_bytes(&hello).await.map_err(|e| e.to_string())?;
         loop {
-            let msg = match self.read::<HandshakeMessage>(WAIT).await {
-                Ok(Some(msg)) => msg,
+            let payload = match self.read_payload(WAIT).await {
+                Ok(Some(payload)) => payload,
                 Ok(None) => return Err("connection closed during the handshake".into()),
                 Err(e) => return Err(e),
             };
-            match machine.on_message(msg) {
-                Ok(ClientStep::Send(reply)) => self.write_handshake(&reply).await?,
-                Ok(ClientStep::Done { .. }) => return Ok(()),
+            match machine.on_frame(&payload) {
+                Ok(ClientStep::Send(reply)) => {
+                    self.write_bytes(&reply).await.map_err(|e| e.to_string())?;
+                }
+                Ok(ClientStep::Done { channel, .. }) => {
+                    self.channel = Some(*channel);
+                    return Ok(());
+                }
                 Err(HandshakeError::Refused(reason)) => return Err(format!("refused: {reason}")),
                 Err(e) => return Err(e.to_string()),
             }
         }
-    }
-
-    async fn write_handshake(&mut self, msg: &HandshakeMessage) -> Result<(), String> {
-        let frame = codec::encode_frame(msg).map_err(|e| e.to_string())?;
-        self.write_bytes(&frame).await.map_err(|e| e.to_string())
     }
 
     /// Sends `Join` and waits for the reply (skipping events).
@@ -286,16 +318,38 @@ impl AsyncRaw {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<T>, String> {
+        match self.read_payload(timeout).await? {
+            Some(payload) => codec::decode::<T>(&payload)
+                .map(Some)
+                .map_err(|e| format!("undecodable frame from the server: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one frame's payload (opened from the channel once there is one); `Ok(None)`
+    /// on EOF or reset; an error on timeout, bad framing or a record that fails to open.
+    pub async fn read_payload(&mut self, timeout: Duration) -> Result<Option<BytesMut>, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self.framing.decode(&mut self.buf) {
-                Ok(Some(payload)) => {
-                    return codec::decode::<T>(&payload)
-                        .map(Some)
-                        .map_err(|e| format!("undecodable frame from the server: {e}"));
+            if let Some(channel) = self.channel.as_mut() {
+                loop {
+                    match self.framing.decode(&mut self.plain) {
+                        Ok(Some(payload)) => return Ok(Some(payload)),
+                        Ok(None) => {}
+                        Err(e) => return Err(format!("bad framing from the server: {e}")),
+                    }
+                    match channel.opener.open_into(&mut self.buf, &mut self.plain) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => return Err(format!("bad record from the server: {e}")),
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad framing from the server: {e}")),
+            } else {
+                match codec::handshake_framing().decode(&mut self.buf) {
+                    Ok(Some(payload)) => return Ok(Some(payload)),
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("bad framing from the server: {e}")),
+                }
             }
             match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.buf)).await {
                 Err(_) => return Err(format!("nothing from the server within {timeout:?}")),

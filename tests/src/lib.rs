@@ -63,6 +63,7 @@ pub mod nodes;
 pub mod process;
 pub mod pty;
 pub mod raw;
+pub mod relay;
 
 pub use nodes::{COOKIE, Client, Ctx, Mapper, PtyClient, Server, TempDir};
 pub use process::{Proc, Signal, Stream};

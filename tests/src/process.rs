@@ -62,6 +62,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT.
     Cont,
+    /// SIGHUP: the terminal went away.
+    Hup,
 }
 
 impl Signal {
@@ -72,6 +74,7 @@ impl Signal {
             Signal::Kill => libc::SIGKILL,
             Signal::Stop => libc::SIGSTOP,
             Signal::Cont => libc::SIGCONT,
+            Signal::Hup => libc::SIGHUP,
         }
     }
 
@@ -82,6 +85,7 @@ impl Signal {
             Signal::Kill => "KILL",
             Signal::Stop => "STOP",
             Signal::Cont => "CONT",
+            Signal::Hup => "HUP",
         }
     }
 }

@@ -3,18 +3,19 @@
 //!
 //! It speaks the native protocol over a tokio `TcpStream` (each `RawClient` owns a small
 //! current-thread runtime, so tests stay synchronous): preamble, the `ClientHandshake`
-//! state machine, then `ClientMessage`s out and `ServerMessage`s in, every wait bounded.
-//! It can also write arbitrary bytes, stop reading, stop answering pings, or never finish
-//! the handshake.
+//! state machine, then `ClientMessage`s out and `ServerMessage`s in through the secure
+//! channel, every wait bounded. It can also write arbitrary bytes on the socket or seal
+//! arbitrary bytes inside the channel (garbage, oversized frames), stop reading, stop
+//! answering pings, or never finish the handshake.
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use protocol::handshake::ClientStep;
+use protocol::secure::ClientStep;
 use protocol::{
-    ClientHandshake, ClientMessage, Cookie, Event, EventKind, HandshakeError, HandshakeMessage,
-    NodeName, PREAMBLE, Reply, ServerMessage, codec,
+    ClientHandshake, ClientMessage, Cookie, Established, Event, EventKind, HandshakeError,
+    HandshakeMessage, NodeName, PREAMBLE, Reply, ServerMessage, codec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -41,6 +42,10 @@ pub struct RawClient {
     stream: TcpStream,
     rbuf: BytesMut,
     framing: tokio_util::codec::LengthDelimitedCodec,
+    /// The secure channel, once the handshake is done.
+    channel: Option<Established>,
+    /// Bytes opened from the channel, not yet decoded.
+    plain: BytesMut,
     /// Answer server pings automatically while receiving (true by default).
     pub auto_pong: bool,
 }
@@ -66,14 +71,34 @@ impl RawClient {
         Self::connect_with(label, port, Some(bytes))
     }
 
+    /// As [`RawClient::connect`], from the loopback address `from` (any of 127.0.0.0/8):
+    /// another host, as far as the server's per-address limits can tell.
+    #[track_caller]
+    pub fn connect_from(label: &str, from: std::net::Ipv4Addr, port: u16) -> RawClient {
+        Self::connect_full(label, port, None, Some(from))
+    }
+
     #[track_caller]
     fn connect_with(label: &str, port: u16, recv_buffer: Option<u32>) -> RawClient {
+        Self::connect_full(label, port, recv_buffer, None)
+    }
+
+    #[track_caller]
+    fn connect_full(
+        label: &str,
+        port: u16,
+        recv_buffer: Option<u32>,
+        from: Option<std::net::Ipv4Addr>,
+    ) -> RawClient {
         let rt = runtime();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let stream = rt.block_on(async {
             let socket = TcpSocket::new_v4()?;
             if let Some(size) = recv_buffer {
                 socket.set_recv_buffer_size(size)?;
+            }
+            if let Some(from) = from {
+                socket.bind((from, 0).into())?;
             }
             tokio::time::timeout(WAIT, socket.connect(addr))
                 .await
@@ -86,6 +111,8 @@ impl RawClient {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             framing: codec::framing(),
+            channel: None,
+            plain: BytesMut::new(),
             auto_pong: true,
         }
     }
@@ -158,7 +185,8 @@ impl RawClient {
         self.write_bytes(&frame);
     }
 
-    /// Sends the preamble and runs the client side of the handshake.
+    /// Sends the preamble and runs the client side of the handshake; afterwards every
+    /// message goes through the secure channel.
     #[track_caller]
     pub fn handshake(&mut self, own: &str, server: &str, cookie: &str) -> Result<u64, String> {
         let own = NodeName::parse_long(own).map_err(|e| e.to_string())?;
@@ -166,20 +194,54 @@ impl RawClient {
         let cookie = Cookie::new(cookie).ok_or("empty cookie")?;
         let (mut machine, hello) = ClientHandshake::new(own, server, cookie);
         self.send_preamble();
-        self.send_handshake(&hello);
+        self.write_bytes(&hello);
         loop {
-            let msg = match self.read_message::<HandshakeMessage>(WAIT) {
-                Incoming::Message(msg) => msg,
+            let payload = match self.read_payload(WAIT) {
+                Incoming::Message(payload) => payload,
                 Incoming::Closed => return Err("connection closed during the handshake".into()),
                 Incoming::TimedOut => return Err("no handshake answer in time".into()),
             };
-            match machine.on_message(msg) {
-                Ok(ClientStep::Send(reply)) => self.send_handshake(&reply),
-                Ok(ClientStep::Done { tick_ms }) => return Ok(tick_ms),
+            match machine.on_frame(&payload) {
+                Ok(ClientStep::Send(reply)) => self.write_bytes(&reply),
+                Ok(ClientStep::Done { tick_ms, channel }) => {
+                    self.channel = Some(*channel);
+                    return Ok(tick_ms);
+                }
                 Err(HandshakeError::Refused(reason)) => return Err(format!("refused: {reason}")),
                 Err(e) => return Err(e.to_string()),
             }
         }
+    }
+
+    /// Seals `data` as it is into the channel's records and writes them: garbage or
+    /// oversized frames that pass the record layer. Panics before the handshake.
+    #[track_caller]
+    pub fn write_sealed(&mut self, data: &[u8]) {
+        if let Err(e) = self.write_sealed_within(data, WAIT) {
+            panic!("{}: cannot write: {e}", self.label);
+        }
+    }
+
+    /// As [`RawClient::write_sealed`], reporting failure, waiting at most `timeout`.
+    pub fn write_sealed_within(&mut self, data: &[u8], timeout: Duration) -> io::Result<()> {
+        let records = self.seal(data);
+        self.write_bytes_within(&records, timeout)
+    }
+
+    /// `data` sealed as the channel's next records (the channel's counter advances).
+    #[track_caller]
+    pub fn seal(&mut self, data: &[u8]) -> Vec<u8> {
+        let label = &self.label;
+        let channel = self
+            .channel
+            .as_mut()
+            .unwrap_or_else(|| panic!("{label}: no channel before the handshake"));
+        let mut records = BytesMut::new();
+        channel
+            .sealer
+            .seal_stream([data], &mut records)
+            .expect("sealing fits the record limit");
+        records.to_vec()
     }
 
     /// Sends a session message.
@@ -193,7 +255,11 @@ impl RawClient {
     /// Sends a session message, reporting failure (a closed connection, a full socket).
     pub fn try_send(&mut self, msg: &ClientMessage, timeout: Duration) -> io::Result<()> {
         let frame = codec::encode_frame(msg).map_err(io::Error::other)?;
-        self.write_bytes_within(&frame, timeout)
+        if self.channel.is_some() {
+            self.write_sealed_within(&frame, timeout)
+        } else {
+            self.write_bytes_within(&frame, timeout)
+        }
     }
 
     /// Says `text` to the room.
@@ -297,21 +363,47 @@ impl RawClient {
         start.elapsed()
     }
 
-    /// Reads until one whole frame is decoded as `T`, the connection closes, or
-    /// `timeout` passes. Undecodable frames panic (the server must not send them).
+    /// Reads until one whole frame is decoded as `T` (through the channel once there is
+    /// one), the connection closes, or `timeout` passes. Undecodable frames panic (the
+    /// server must not send them).
     pub fn read_message<T: serde::de::DeserializeOwned>(
         &mut self,
         timeout: Duration,
     ) -> Incoming<T> {
+        match self.read_payload(timeout) {
+            Incoming::Message(payload) => match codec::decode::<T>(&payload) {
+                Ok(msg) => Incoming::Message(msg),
+                Err(e) => panic!("{}: undecodable frame from the server: {e}", self.label),
+            },
+            Incoming::Closed => Incoming::Closed,
+            Incoming::TimedOut => Incoming::TimedOut,
+        }
+    }
+
+    /// Reads until one whole frame's payload is there (opened from the channel once there
+    /// is one). A record that fails to open panics.
+    pub fn read_payload(&mut self, timeout: Duration) -> Incoming<BytesMut> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self.framing.decode(&mut self.rbuf) {
-                Ok(Some(payload)) => match codec::decode::<T>(&payload) {
-                    Ok(msg) => return Incoming::Message(msg),
-                    Err(e) => panic!("{}: undecodable frame from the server: {e}", self.label),
-                },
-                Ok(None) => {}
-                Err(e) => panic!("{}: bad framing from the server: {e}", self.label),
+            if let Some(channel) = self.channel.as_mut() {
+                loop {
+                    match self.framing.decode(&mut self.plain) {
+                        Ok(Some(payload)) => return Incoming::Message(payload),
+                        Ok(None) => {}
+                        Err(e) => panic!("{}: bad framing from the server: {e}", self.label),
+                    }
+                    match channel.opener.open_into(&mut self.rbuf, &mut self.plain) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => panic!("{}: bad record from the server: {e}", self.label),
+                    }
+                }
+            } else {
+                match codec::handshake_framing().decode(&mut self.rbuf) {
+                    Ok(Some(payload)) => return Incoming::Message(payload),
+                    Ok(None) => {}
+                    Err(e) => panic!("{}: bad framing from the server: {e}", self.label),
+                }
             }
             let stream = &mut self.stream;
             let rbuf = &mut self.rbuf;

@@ -4,7 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 
 use chat_tests::net::{RecordingProxy, contains_bytes};
-use chat_tests::{COOKIE, Ctx, LONG, RawClient, WAIT};
+use chat_tests::{COOKIE, Ctx, Incoming, LONG, RawClient, WAIT};
+use protocol::HandshakeMessage;
+use protocol::secure::RefuseReason;
 
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -57,10 +59,35 @@ fn a_wrong_cookie_is_refused_logged_and_unseen_by_the_room() {
 fn a_wrong_cookie_is_refused_at_the_protocol_level() {
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &[]);
+    // The client finds out first: the server's key confirmation does not verify.
     let mut raw = RawClient::connect("raw", server.port());
     let result = raw.handshake("raw@localhost", server.name(), "guess");
-    assert_eq!(result, Err("refused: not allowed".to_string()));
-    raw.expect_closed(WAIT);
+    assert_eq!(
+        result,
+        Err("the key confirmation failed (a different cookie?)".to_string())
+    );
+
+    // A client that confirms anyway is refused with the generic reason, and closed.
+    let mut liar = RawClient::connect("liar", server.port());
+    let (_machine, hello) = protocol::ClientHandshake::new(
+        protocol::NodeName::parse_long("liar@localhost").unwrap(),
+        protocol::NodeName::parse_long(server.name()).unwrap(),
+        protocol::Cookie::new("guess").unwrap(),
+    );
+    liar.send_preamble();
+    liar.write_bytes(&hello);
+    assert!(matches!(
+        liar.read_message::<HandshakeMessage>(WAIT),
+        Incoming::Message(HandshakeMessage::Challenge { .. })
+    ));
+    liar.send_handshake(&HandshakeMessage::Confirm { confirm: [7; 32] });
+    match liar.read_message::<HandshakeMessage>(WAIT) {
+        Incoming::Message(HandshakeMessage::Refused {
+            reason: RefuseReason::NotAllowed,
+        }) => {}
+        other => panic!("expected a generic refusal, got {other:?}"),
+    }
+    liar.expect_closed(WAIT);
 
     // And the right cookie works on the same server.
     let mut ok = RawClient::connect("ok", server.port());
@@ -112,13 +139,20 @@ fn the_cookie_never_appears_on_the_wire() {
 
     let rec = proxy.recorded();
     assert_eq!(rec.connections, 2, "both clients went through the proxy");
-    // The recording works: it has the preamble and what ann said.
+    // The recording works (it has the preamble), and nothing said is in it: the
+    // session is encrypted.
     assert!(rec.upstream.starts_with(b"EXM"), "no preamble recorded");
-    assert!(contains_bytes(
-        &rec.upstream,
-        b"a public message through the proxy"
-    ));
-    assert!(contains_bytes(&rec.downstream, b"bob answers"));
+    for said in [
+        &b"a public message through the proxy"[..],
+        b"a private one",
+        b"bob answers",
+    ] {
+        assert!(
+            !contains_bytes(&rec.upstream, said) && !contains_bytes(&rec.downstream, said),
+            "{:?} crossed the wire in clear",
+            String::from_utf8_lossy(said)
+        );
+    }
     for secret in [cookie, wrong] {
         assert!(
             !contains_bytes(&rec.upstream, secret.as_bytes()),
@@ -186,6 +220,8 @@ fn the_cookie_can_come_from_the_environment_or_a_file() {
 
     let file = ctx.home().join("my-cookie");
     std::fs::write(&file, "env-cookie-123\n").expect("write the cookie file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        .expect("make the cookie file private");
     let file = file.to_str().expect("utf-8 temp path").to_string();
     let _bob = ctx
         .client("bob")
@@ -207,4 +243,28 @@ fn the_cookie_can_come_from_the_environment_or_a_file() {
     eve.proc.expect_failure(LONG);
     // No default cookie file was needed.
     assert!(!ctx.home().join(".erlang.cookie").exists());
+}
+
+#[test]
+fn a_cookie_file_others_can_read_is_refused_with_erlangs_advice() {
+    let ctx = Ctx::new();
+    let file = ctx.home().join(".erlang.cookie");
+    std::fs::write(&file, "shared-by-accident\n").expect("write the cookie file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod the cookie file");
+    let expected = format!(
+        "cookie file {} must be accessible by owner only",
+        file.display()
+    );
+    let mut server = ctx.server("server@localhost").no_cookie().spawn();
+    let line = server.expect_stderr_line(&expected, LONG);
+    assert!(line.contains("chmod 400"), "no advice in {line:?}");
+    assert_ne!(server.expect_failure(LONG), 0);
+    let mut client = ctx
+        .client("ann")
+        .no_cookie()
+        .server_arg("server@localhost:1", "server@localhost")
+        .spawn();
+    client.proc.expect_stderr_line(&expected, LONG);
+    assert_ne!(client.proc.expect_failure(LONG), 0);
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chat_tests::{COOKIE, Client, Ctx, Incoming, LONG, RawClient, Server, Stream, WAIT};
-use protocol::{ClientMessage, HandshakeMessage, PROTOCOL_VERSION, Reply, ServerMessage};
+use protocol::{ClientMessage, HandshakeMessage, NodeName, PROTOCOL_VERSION, Reply, ServerMessage};
 
 /// A server started with `args`, and ann and bob in its room.
 fn room(args: &[&str]) -> (Ctx, Server, Client, Client) {
@@ -130,21 +130,31 @@ fn an_oversized_frame_is_dropped() {
     early.write_bytes(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
     early.expect_closed(WAIT);
 
-    // After the handshake: one byte over the 64 KiB limit, and the bytes do follow.
+    // After the handshake, inside the channel: one byte over the 64 KiB limit, and the
+    // bytes do follow.
     let mut big = RawClient::open("big", server.port(), "big@localhost", server.name(), COOKIE);
     let len = protocol::codec::MAX_FRAME_LEN + 1;
     let mut frame = (len as u32).to_be_bytes().to_vec();
     frame.resize(4 + len, 0);
-    let _ = big.write_bytes_within(&frame, WAIT);
+    let sealed = big.seal(&frame);
+    let _ = big.write_bytes_within(&sealed, WAIT);
     big.expect_closed(WAIT);
 
-    // A member of the room sending a length prefix of 0xFFFFFFFF.
+    // A member of the room sending a frame length prefix of 0xFFFFFFFF in the channel.
     let (mut huge, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "huge");
     ann.expect_joined("huge");
-    huge.write_bytes(&[0xff, 0xff, 0xff, 0xff]);
+    huge.write_sealed(&[0xff, 0xff, 0xff, 0xff]);
     huge.expect_closed(WAIT);
     ann.expect_left("huge");
     bob.expect_left("huge");
+
+    // And a record length prefix of 0xFFFFFFFF on the socket.
+    let (mut record, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "record");
+    ann.expect_joined("record");
+    record.write_bytes(&[0xff, 0xff, 0xff, 0xff]);
+    record.expect_closed(WAIT);
+    ann.expect_left("record");
+    bob.expect_left("record");
 
     still_chatting(&mut ann, &mut bob, "after oversized frames");
 }
@@ -184,13 +194,13 @@ fn garbage_after_the_handshake_is_dropped() {
 
     // Before joining: a frame that is not a message.
     let mut raw = RawClient::open("raw", server.port(), "raw@localhost", server.name(), COOKIE);
-    raw.write_bytes(&[0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff]);
+    raw.write_sealed(&[0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff]);
     raw.expect_closed(WAIT);
 
     // A member of the room: a frame holding an unknown variant, then plain text.
     let (mut member, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "member");
     ann.expect_joined("member");
-    member.write_bytes(&[0, 0, 0, 2, 0x7f, 0x00]);
+    member.write_sealed(&[0, 0, 0, 2, 0x7f, 0x00]);
     // The server may have closed already; this write may fail.
     let _ = member.write_bytes_within(b"hello? is this thing on?\n", WAIT);
     member.expect_closed(WAIT);
@@ -204,7 +214,9 @@ fn garbage_after_the_handshake_is_dropped() {
     // A handshake message after the handshake is a protocol error too.
     let (mut again, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "again");
     ann.expect_joined("again");
-    again.send_handshake(&HandshakeMessage::Proof { tag: [0; 32] });
+    let confirm = protocol::codec::encode_frame(&HandshakeMessage::Confirm { confirm: [0; 32] })
+        .expect("a handshake message encodes");
+    again.write_sealed(&confirm);
     again.expect_closed(WAIT);
     ann.expect_left("again");
 
@@ -221,12 +233,12 @@ fn handshakes_that_never_finish_are_closed_after_the_handshake_timeout() {
     preamble_only.send_preamble();
     let mut hello_only = RawClient::connect("hello-only", server.port());
     hello_only.send_preamble();
-    hello_only.send_handshake(&HandshakeMessage::Hello {
-        version: PROTOCOL_VERSION,
-        from: "stall@localhost".into(),
-        to: server.name().into(),
-        nonce: [7; 32],
-    });
+    let (_machine, hello) = protocol::ClientHandshake::new(
+        NodeName::parse_long("stall@localhost").unwrap(),
+        NodeName::parse_long(server.name()).unwrap(),
+        protocol::Cookie::new(COOKIE).unwrap(),
+    );
+    hello_only.write_bytes(&hello);
     // hello-only gets its challenge, then never proves anything.
     match hello_only.read_message::<HandshakeMessage>(WAIT) {
         Incoming::Message(HandshakeMessage::Challenge { name, .. }) => {

@@ -5,6 +5,10 @@ use chat_tests::nodes::sorted;
 use chat_tests::{COOKIE, Client, Ctx, LONG, RawClient, Server, Signal};
 use protocol::Reply;
 
+/// Joins cost five messages against the flood limit; the tests that try many nicks in a
+/// row get a limit that lets them.
+const FLOOD_ROOM: &[&str] = &["--rate", "100", "--burst", "100"];
+
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -43,7 +47,7 @@ fn server_is_refused_in_any_letter_case() {
 fn server_is_refused_over_the_protocol_too() {
     // The server enforces the rule itself, whatever a client checks first.
     let ctx = Ctx::new();
-    let server = ctx.start_server("server@localhost", &[]);
+    let server = ctx.start_server("server@localhost", FLOOD_ROOM);
     let mut raw = RawClient::open("raw", server.port(), "raw@localhost", server.name(), COOKIE);
     for nick in ["server", "SERVER", "Server", "sErVeR"] {
         assert_eq!(raw.join(nick), Reply::NickNotAllowed, "nick {nick:?}");
@@ -98,7 +102,7 @@ fn invalid_nicks_are_refused_with_a_reason() {
 #[test]
 fn invalid_nicks_are_refused_by_the_server_with_a_reason() {
     let ctx = Ctx::new();
-    let server = ctx.start_server("server@localhost", &[]);
+    let server = ctx.start_server("server@localhost", FLOOD_ROOM);
     let mut ann = ctx.join(&server, "ann");
     let mut raw = RawClient::open("raw", server.port(), "raw@localhost", server.name(), COOKIE);
     let too_long = "x".repeat(33);
@@ -176,4 +180,44 @@ fn nick_freed_by_a_dropped_connection_is_free_again() {
     ann2.send("ann is back");
     bob.expect_say("ann", "ann is back");
     assert_eq!(bob.users(), strings(&["ann", "bob"]));
+}
+
+#[test]
+fn look_alike_and_invisible_nicks_are_refused_with_a_reason() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", FLOOD_ROOM);
+    let mut ann = ctx.join(&server, "ann");
+    let mut raw = RawClient::open("raw", server.port(), "raw@localhost", server.name(), COOKIE);
+    // Case, a combining accent (NFC makes it one letter) and a Cyrillic a: all `ann`.
+    for nick in ["Ann", "ANN", "a\u{301}nn", "\u{e1}nn", "\u{430}nn"] {
+        assert_eq!(raw.join(nick), Reply::NickInUse, "nick {nick:?}");
+    }
+    // Invisible and direction-changing characters: refused outright.
+    for nick in ["ann\u{200b}", "\u{202e}nna", "a\u{ad}nn", "\u{2066}bob"] {
+        match raw.join(nick) {
+            Reply::InvalidNick { reason } => assert!(
+                reason.contains("invisible, format or text-direction"),
+                "{nick:?}: {reason}"
+            ),
+            other => panic!("{nick:?} was not refused as invalid: {other:?}"),
+        }
+    }
+    // `server` in every disguise.
+    for nick in ["\u{405}erver", "serv\u{435}r", "se\u{301}rver", "SERVER"] {
+        assert_eq!(raw.join(nick), Reply::NickNotAllowed, "nick {nick:?}");
+    }
+    // The real client says why.
+    expect_refused(&ctx, &server, "Ann", "nick_in_use");
+    ann.expect_not_received("has joined");
+    assert_eq!(ann.users(), strings(&["ann"]));
+
+    // A nick is shown as NFC, and texts that reverse their own direction are refused.
+    assert!(matches!(raw.join("zo\u{65}\u{308}"), Reply::Joined { .. }));
+    ann.expect_joined("zo\u{eb}");
+    raw.say("open invoice\u{202e}fdp.exe");
+    match raw.expect_reply() {
+        Reply::InvalidText { reason } => assert!(reason.contains("text-direction"), "{reason}"),
+        other => panic!("a bidi override was not refused: {other:?}"),
+    }
+    ann.expect_not_received("invoice");
 }

@@ -2,8 +2,9 @@
 //! handshake, join, then a frame reader and a shared writer.
 //!
 //! The bench speaks the real protocol through the `protocol` crate: the preamble,
-//! [`protocol::ClientHandshake`] and [`protocol::MessageCodec`]. The baseline relay has no
-//! preamble and no handshake, so a relay client starts with its `Join` frame.
+//! [`protocol::ClientHandshake`], then frames inside the secure channel (the reader opens
+//! records, the writer seals each write as records). The baseline relay has no preamble,
+//! no handshake and no channel, so a relay client starts with its `Join` frame in clear.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,10 +15,10 @@ use std::marker::PhantomData;
 
 use bytes::{Buf, BytesMut};
 use protocol::codec::{self, CodecError, HEADER_LEN, MAX_FRAME_LEN};
-use protocol::handshake::ClientStep;
+use protocol::secure::{ClientStep, MAX_HANDSHAKE_FRAME_LEN, Opener, Sealer};
 use protocol::{
-    ClientHandshake, ClientMessage, Cookie, HandshakeError, HandshakeMessage, NodeName, PREAMBLE,
-    Reply, ServerMessage,
+    ClientHandshake, ClientMessage, Cookie, HandshakeError, NodeName, PREAMBLE, Reply,
+    ServerMessage,
 };
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,6 +102,10 @@ pub enum ClientError {
 pub struct FrameReader<In> {
     half: OwnedReadHalf,
     buf: BytesMut,
+    /// With the secure channel: opens records from `buf` into `plain`, where frames are
+    /// decoded.
+    opener: Option<Opener>,
+    plain: BytesMut,
     last_read: Instant,
     _in: PhantomData<fn() -> In>,
 }
@@ -113,6 +118,8 @@ impl<In: DeserializeOwned> FrameReader<In> {
         Self {
             half,
             buf,
+            opener: None,
+            plain: BytesMut::new(),
             last_read: Instant::now(),
             _in: PhantomData,
         }
@@ -121,7 +128,27 @@ impl<In: DeserializeOwned> FrameReader<In> {
     /// Takes the first whole frame off the buffer and decodes it; `Ok(None)` when no
     /// whole frame is buffered yet.
     fn decode_buffered(&mut self) -> Result<Option<In>, CodecError> {
-        let Some(header) = self.buf.get(..HEADER_LEN) else {
+        loop {
+            let frames = if self.opener.is_some() {
+                &mut self.plain
+            } else {
+                &mut self.buf
+            };
+            if let Some(message) = Self::decode_frame(frames)? {
+                return Ok(Some(message));
+            }
+            let Some(opener) = self.opener.as_mut() else {
+                return Ok(None);
+            };
+            if !opener.open_into(&mut self.buf, &mut self.plain)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Takes the first whole frame off `frames` and decodes it.
+    fn decode_frame(frames: &mut BytesMut) -> Result<Option<In>, CodecError> {
+        let Some(header) = frames.get(..HEADER_LEN) else {
             return Ok(None);
         };
         let mut len_bytes = [0u8; HEADER_LEN];
@@ -130,12 +157,35 @@ impl<In: DeserializeOwned> FrameReader<In> {
         if len > MAX_FRAME_LEN {
             return Err(CodecError::FrameTooLarge);
         }
-        let Some(payload) = self.buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        let Some(payload) = frames.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
         let message = codec::decode(payload);
-        self.buf.advance(HEADER_LEN + len);
+        frames.advance(HEADER_LEN + len);
         message.map(Some)
+    }
+
+    /// The next handshake frame's payload, whole (at most the handshake's limit).
+    async fn next_handshake_payload(&mut self) -> Result<Option<Vec<u8>>, CodecError> {
+        loop {
+            if let Some(header) = self.buf.get(..HEADER_LEN) {
+                let mut len_bytes = [0u8; HEADER_LEN];
+                len_bytes.copy_from_slice(header);
+                let len = u32::from_be_bytes(len_bytes) as usize;
+                if len > MAX_HANDSHAKE_FRAME_LEN {
+                    return Err(CodecError::FrameTooLarge);
+                }
+                if let Some(payload) = self.buf.get(HEADER_LEN..HEADER_LEN + len) {
+                    let payload = payload.to_vec();
+                    self.buf.advance(HEADER_LEN + len);
+                    return Ok(Some(payload));
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
     }
 
     /// When the last read returned: the receive time of every frame it brought. Reading
@@ -154,11 +204,14 @@ impl<In: DeserializeOwned> FrameReader<In> {
             if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
                 self.buf = BytesMut::new();
             }
+            if self.plain.is_empty() && self.plain.capacity() > 4 * READ_CHUNK {
+                self.plain = BytesMut::new();
+            }
             self.buf.reserve(READ_CHUNK);
             let read = self.half.read_buf(&mut self.buf).await?;
             self.last_read = Instant::now();
             if read == 0 {
-                return if self.buf.is_empty() {
+                return if self.buf.is_empty() && self.plain.is_empty() {
                     Ok(None)
                 } else {
                     Err(CodecError::Io(io::ErrorKind::UnexpectedEof.into()))
@@ -167,20 +220,55 @@ impl<In: DeserializeOwned> FrameReader<In> {
         }
     }
 
-    /// The same stream, now decoding messages of another type; buffered bytes are kept.
-    fn into_kind<Other>(self) -> FrameReader<Other> {
+    /// The same stream, now decoding messages of another type inside the channel that
+    /// `opener` opens; buffered bytes are kept.
+    fn into_channel<Other>(self, opener: Opener) -> FrameReader<Other> {
         FrameReader {
             half: self.half,
             buf: self.buf,
+            opener: Some(opener),
+            plain: self.plain,
             last_read: self.last_read,
             _in: PhantomData,
         }
     }
 }
 
+/// A client's writing side: the socket, and for `chat-server` the channel's sealer.
+pub struct ChannelWriter {
+    half: OwnedWriteHalf,
+    sealer: Option<Sealer>,
+    /// Sealed records of the write in progress (empty between writes).
+    sealed: BytesMut,
+}
+
+impl ChannelWriter {
+    fn new(half: OwnedWriteHalf, sealer: Option<Sealer>) -> Self {
+        Self {
+            half,
+            sealer,
+            sealed: BytesMut::new(),
+        }
+    }
+
+    /// Writes `data` (whole frames, any number): sealed as records when there is a
+    /// channel, as it is otherwise. One buffer is reused, so no write allocates once the
+    /// buffer has grown to the largest batch.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let Some(sealer) = self.sealer.as_mut() else {
+            return self.half.write_all(data).await;
+        };
+        self.sealed.clear();
+        sealer
+            .seal_stream([data], &mut self.sealed)
+            .map_err(io::Error::other)?;
+        self.half.write_all(&self.sealed).await
+    }
+}
+
 /// A client's writing side, shared between its sender task and its reader (which answers
 /// the server's pings).
-pub type SharedWriter = Arc<Mutex<OwnedWriteHalf>>;
+pub type SharedWriter = Arc<Mutex<ChannelWriter>>;
 
 /// A client that has joined the room.
 pub struct JoinedClient {
@@ -219,10 +307,11 @@ async fn connect_and_join_inner(
 ) -> Result<JoinedClient, ClientError> {
     let stream = TcpStream::connect(endpoint.addr()).await?;
     stream.set_nodelay(true)?;
-    let (read_half, mut write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_split();
+    let mut write_half = ChannelWriter::new(write_half, None);
     let mut reader = match endpoint {
         Endpoint::Server { name, cookie, .. } => {
-            let reader = FrameReader::<HandshakeMessage>::new(read_half, BytesMut::new());
+            let reader = FrameReader::<ServerMessage>::new(read_half, BytesMut::new());
             handshake(reader, &mut write_half, index, name, cookie.clone()).await?
         }
         Endpoint::Relay { .. } => FrameReader::new(read_half, BytesMut::new()),
@@ -271,10 +360,11 @@ async fn connect_and_join_inner(
 }
 
 /// Sends the preamble and runs the cookie handshake; returns the reader, now for session
-/// messages, with any bytes read past the handshake still buffered.
+/// messages inside the channel, with any bytes read past the handshake still buffered,
+/// and gives the writer the channel's sealer.
 async fn handshake(
-    mut reader: FrameReader<HandshakeMessage>,
-    writer: &mut OwnedWriteHalf,
+    mut reader: FrameReader<ServerMessage>,
+    writer: &mut ChannelWriter,
     index: usize,
     server: &NodeName,
     cookie: Cookie,
@@ -282,19 +372,18 @@ async fn handshake(
     let own = NodeName::from_parts(&format!("bench{index}"), "localhost")?;
     let (mut machine, hello) = ClientHandshake::new(own, server.clone(), cookie);
     let mut out = BytesMut::from(&PREAMBLE[..]);
-    codec::encode_into(&hello, &mut out)?;
+    out.extend_from_slice(&hello);
     writer.write_all(&out).await?;
     loop {
-        let Some(message) = reader.next().await? else {
+        let Some(payload) = reader.next_handshake_payload().await? else {
             return Err(ClientError::Closed);
         };
-        match machine.on_message(message)? {
-            ClientStep::Send(reply) => {
-                out.clear();
-                codec::encode_into(&reply, &mut out)?;
-                writer.write_all(&out).await?;
+        match machine.on_frame(&payload)? {
+            ClientStep::Send(reply) => writer.write_all(&reply).await?,
+            ClientStep::Done { channel, .. } => {
+                writer.sealer = Some(channel.sealer);
+                return Ok(reader.into_channel(channel.opener));
             }
-            ClientStep::Done { .. } => return Ok(reader.into_kind()),
         }
     }
 }

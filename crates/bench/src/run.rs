@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use protocol::codec;
 use protocol::{ClientMessage, Event, EventKind, ServerMessage};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::conn::SharedWriter;

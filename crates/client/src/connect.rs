@@ -5,9 +5,9 @@
 //!    skips the mapper.
 //! 2. Connect over TCP (with `TCP_NODELAY`: chat lines are small and should go at once).
 //! 3. Send the protocol preamble, then run the cookie handshake
-//!    ([`protocol::ClientHandshake`]) within [`HANDSHAKE_TIMEOUT`].
-//! 4. Hand back the same stream framed for session messages, keeping any bytes already
-//!    read past the handshake.
+//!    ([`protocol::ClientHandshake`], a PAKE) within [`HANDSHAKE_TIMEOUT`].
+//! 4. Hand back the same stream framed for session messages inside the secure channel
+//!    ([`protocol::SecureCodec`]), keeping any bytes already read past the handshake.
 //!
 //! A server found through the port mapper whose registration lacks our marker
 //! ([`protocol::erlang::EPMD_EXTRA_MARKER`] in epmd's Extra field) is an Erlang node:
@@ -23,12 +23,13 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use portmap::PortmapError;
-use protocol::handshake::{ClientStep, RefuseReason};
+use protocol::codec;
+use protocol::secure::{ClientStep, RefuseReason};
 use protocol::{
-    ClientHandshake, CodecError, Cookie, HandshakeError, HandshakeMessage, MessageCodec, NodeName,
-    NodeNameError, PREAMBLE, ServerMessage,
+    ClientHandshake, CodecError, Cookie, HandshakeError, NodeName, NodeNameError, PREAMBLE,
+    SecureCodec,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -160,14 +161,12 @@ pub enum ConnectError {
     /// Some other socket error.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The server refused our cookie proof.
+    /// The key exchange failed: the server has another cookie (or refused ours).
     #[error("not allowed (check the cookie)")]
     NotAllowed,
-    /// The server's own proof did not verify: it does not know our cookie.
-    #[error("the server could not prove it knows the cookie (check the cookie)")]
-    BadServerProof,
     /// The handshake failed for another reason (wrong node, version, server full...).
-    #[error("{0}")]
+    /// Its text may quote what the server sent, escaped.
+    #[error("{}", protocol::unicode::escape(&.0.to_string()))]
     Handshake(HandshakeError),
     /// The server did not complete the handshake in time.
     #[error("no answer to the handshake within {} seconds", HANDSHAKE_TIMEOUT.as_secs())]
@@ -186,8 +185,9 @@ pub enum ConnectError {
 impl From<HandshakeError> for ConnectError {
     fn from(e: HandshakeError) -> Self {
         match e {
-            HandshakeError::Refused(RefuseReason::NotAllowed) => Self::NotAllowed,
-            HandshakeError::BadServerProof => Self::BadServerProof,
+            HandshakeError::Refused(RefuseReason::NotAllowed) | HandshakeError::KeyMismatch => {
+                Self::NotAllowed
+            }
             other => Self::Handshake(other),
         }
     }
@@ -239,16 +239,16 @@ pub async fn connect(
 
     let handshake = async {
         tcp.write_all(&PREAMBLE).await?;
-        let mut framed = Framed::new(tcp, MessageCodec::<HandshakeMessage>::new());
-        let tick_ms = handshake(&mut framed, own, &target.name, cookie).await?;
-        Ok::<_, ConnectError>((framed, tick_ms))
+        let mut framed = Framed::new(tcp, codec::handshake_framing());
+        let (tick_ms, channel) = handshake(&mut framed, own, &target.name, cookie).await?;
+        Ok::<_, ConnectError>((framed, tick_ms, channel))
     };
-    let (framed, tick_ms) = timeout(HANDSHAKE_TIMEOUT, handshake)
+    let (framed, tick_ms, channel) = timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| ConnectError::HandshakeTimeout)??;
 
     // Same socket and buffers, new codec: bytes read past the handshake stay queued.
-    let stream = framed.map_codec(|_| MessageCodec::<ServerMessage>::new());
+    let stream = framed.map_codec(|_| SecureCodec::new(channel));
     let tick = (tick_ms > 0).then(|| Duration::from_millis(tick_ms));
     Ok(Connection {
         stream: Box::pin(stream),
@@ -298,23 +298,24 @@ async fn lookup_node(
     })
 }
 
-/// Runs the client side of the handshake; returns the server's tick in milliseconds.
+/// Runs the client side of the handshake; returns the server's tick in milliseconds and
+/// the client's half of the channel.
 async fn handshake(
-    framed: &mut Framed<TcpStream, MessageCodec<HandshakeMessage>>,
+    framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
     own: &NodeName,
     server: &NodeName,
     cookie: Cookie,
-) -> Result<u64, ConnectError> {
+) -> Result<(u64, protocol::Established), ConnectError> {
     let (mut machine, hello) = ClientHandshake::new(own.clone(), server.clone(), cookie);
-    framed.send(hello).await?;
+    framed.get_mut().write_all(&hello).await?;
     loop {
-        let msg = match framed.next().await {
-            Some(msg) => msg?,
+        let payload = match framed.next().await {
+            Some(payload) => payload.map_err(codec::framing_error)?,
             None => return Err(ConnectError::ClosedInHandshake),
         };
-        match machine.on_message(msg)? {
-            ClientStep::Send(reply) => framed.send(reply).await?,
-            ClientStep::Done { tick_ms } => return Ok(tick_ms),
+        match machine.on_frame(&payload)? {
+            ClientStep::Send(reply) => framed.get_mut().write_all(&reply).await?,
+            ClientStep::Done { tick_ms, channel } => return Ok((tick_ms, *channel)),
         }
     }
 }

@@ -59,6 +59,9 @@ fn print_docs(written: std::io::Result<()>) -> i32 {
 
 /// Runs the client; returns the exit status, or an error the contract has no line for.
 async fn run(args: Args) -> anyhow::Result<u8> {
+    // Installed first, so a hang-up at any point is handled rather than fatal.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
     if let Some(warning) = args.cookie_warning() {
         eprintln!("{warning}");
     }
@@ -121,6 +124,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         result = front.run(&mut session) => End::Done(result),
         why = lost.wait() => End::Lost(why),
         _ = tokio::signal::ctrl_c() => End::Interrupted,
+        // The terminal went away (window closed, ssh dropped): leave the room cleanly,
+        // as Ctrl-D does, instead of dying and leaving the room to notice the silence.
+        _ = hangup.recv() => End::Interrupted,
     };
     let result = match end {
         End::Done(result) => result,

@@ -4,9 +4,10 @@
 //! These are pure functions from messages to `String`s, so the output format is tested
 //! without a terminal or a server. Room output keeps the original's shape,
 //! `<server node>> <nick>: <text>`. Text that came from the server is shown in full, but
-//! any control character in it other than tab is replaced with U+FFFD: the server
-//! validates texts and nicks, and this makes sure a terminal escape can never reach the
-//! user's terminal even if a server does not.
+//! any control character in it other than tab, and any invisible, format or bidi
+//! character, is replaced with U+FFFD: the server validates texts and nicks, and this
+//! makes sure a terminal escape or a text-direction override can never reach the user's
+//! terminal even if a server does not.
 
 use std::borrow::Cow;
 
@@ -15,8 +16,9 @@ use protocol::{EventKind, LeaveReason, Reply};
 /// The nick the server speaks as in its own messages.
 const SERVER: &str = "server";
 
-/// Replaces every control character except tab with U+FFFD, so untrusted text cannot
-/// move the cursor, change colours or retitle the terminal.
+/// Replaces every control character except tab, and every invisible, format or bidi
+/// character, with U+FFFD, so untrusted text cannot move the cursor, change colours,
+/// retitle the terminal, hide itself or read backwards.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
     if text.chars().any(is_forbidden) {
         Cow::Owned(
@@ -30,7 +32,7 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
 }
 
 fn is_forbidden(c: char) -> bool {
-    c.is_control() && c != '\t'
+    c != '\t' && protocol::unicode::is_invisible(c)
 }
 
 /// What a line is about, so a terminal front end can colour it and timestamp what came
@@ -65,7 +67,8 @@ pub fn reply_kind(reply: &Reply) -> LineKind {
         Reply::Users { .. }
         | Reply::NoSuchUser { .. }
         | Reply::InvalidText { .. }
-        | Reply::SlowDown => LineKind::Server,
+        | Reply::SlowDown
+        | Reply::RecipientBusy { .. } => LineKind::Server,
         Reply::Joined { .. }
         | Reply::NickInUse
         | Reply::NickNotAllowed
@@ -138,6 +141,13 @@ pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
         Reply::SlowDown => vec![from_server(
             server,
             "slow down, message dropped (flood limit)",
+        )],
+        Reply::RecipientBusy { nick } => vec![from_server(
+            server,
+            &format!(
+                "{} is receiving too many private messages; message not sent",
+                sanitize(nick)
+            ),
         )],
     }
 }

@@ -59,6 +59,19 @@ pub enum CookieError {
         source: io::Error,
     },
     /// No `--cookie`, `CHAT_COOKIE`, `--cookie-file`, and no home directory.
+    /// The cookie file can be read or written by others than its owner (Erlang refuses
+    /// such a file too, with the same advice).
+    #[error(
+        "cookie file {} must be accessible by owner only (its mode is {mode:03o}); fix it with: chmod 400 {}",
+        path.display(),
+        path.display()
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     #[error("no cookie given and $HOME is not set; use --cookie, CHAT_COOKIE or --cookie-file")]
     NoHome,
 }
@@ -97,10 +110,21 @@ pub fn resolve(
 }
 
 fn read_file(path: &Path) -> Result<Cookie, CookieError> {
-    let text = fs::read_to_string(path).map_err(|source| CookieError::Read {
+    let read_error = |source| CookieError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = fs::File::open(path).map_err(read_error)?;
+    // Checked on the file we read, not on the path, so it cannot change in between.
+    let mode = file.metadata().map_err(read_error)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(CookieError::TooOpen {
+            path: path.to_path_buf(),
+            mode: mode & 0o777,
+        });
+    }
+    let mut text = String::new();
+    io::Read::read_to_string(&mut file, &mut text).map_err(read_error)?;
     Cookie::new(&text).ok_or_else(|| CookieError::Empty(path.display().to_string()))
 }
 
@@ -146,6 +170,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c");
         fs::write(&file, "from-file\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
         let (_, src) = resolve(Some("f"), Some("e"), Some(&file)).unwrap();
         assert_eq!(src, CookieSource::Flag);
         let (_, src) = resolve(None, Some("e"), Some(&file)).unwrap();
@@ -156,6 +181,24 @@ mod tests {
             resolve(Some("  "), None, None),
             Err(CookieError::Empty(_))
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_others_can_read_is_refused_with_erlangs_advice() {
+        let dir = std::env::temp_dir().join(format!("cookie-open-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c");
+        fs::write(&file, "secret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            let err = resolve(None, None, Some(&file)).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("must be accessible by owner only"), "{text}");
+            assert!(text.contains("chmod 400"), "{text}");
+        }
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(resolve(None, None, Some(&file)).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 

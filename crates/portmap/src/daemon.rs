@@ -13,17 +13,25 @@
 //! Anything else, anything malformed, oversized or too slow to arrive, is dropped by
 //! closing the connection. The map itself is a `Mutex<HashMap>`: it holds a handful of
 //! entries and is touched once per request, so nothing fancier is warranted.
+//!
+//! Limits, so that no local or remote peer can wear it down: at most
+//! [`MAX_REGISTRATIONS`] names (each holds a connection for its life), at most
+//! [`MAX_REQUESTS`] other connections in flight (past that, the oldest one still waiting
+//! for its request is closed to make room, so idle connections can never take the
+//! descriptors lookups need), names of at most [`MAX_NAME_LEN`] bytes, and [`TIMEOUT`]
+//! for a request to arrive whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use protocol::epmd::{self, EpmdRequest, NodeRegistration, Port2Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
@@ -32,6 +40,17 @@ use crate::{PortmapError, TIMEOUT};
 /// The largest request body we accept. Real requests are a few dozen bytes (a node name
 /// is at most 255 bytes); anything bigger is garbage or hostile.
 pub const MAX_REQUEST_BODY: usize = 512;
+
+/// Most names registered at once (each holds one connection).
+pub const MAX_REGISTRATIONS: usize = 256;
+
+/// Most connections in flight that are not registrations (lookups, listings, requests
+/// still arriving). With [`MAX_REGISTRATIONS`] this stays under the usual limit of 1024
+/// descriptors per process.
+pub const MAX_REQUESTS: usize = 512;
+
+/// Longest name accepted (Erlang's atoms are at most 255 characters).
+pub const MAX_NAME_LEN: usize = 255;
 
 /// How long to pause after a failed `accept` (for instance, out of file descriptors)
 /// before trying again.
@@ -70,6 +89,8 @@ pub async fn serve(
 ) -> Result<(), PortmapError> {
     let local = listener.local_addr()?;
     let registry = Registry::default();
+    // Connections not (yet) registrations, oldest first.
+    let mut requests: VecDeque<InFlight> = VecDeque::new();
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     info!(%local, "port mapper listening");
@@ -84,8 +105,17 @@ pub async fn serve(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    make_room(&mut requests);
+                    let registered = Arc::new(AtomicBool::new(false));
                     let registry = registry.clone();
-                    tasks.spawn(handle_connection(stream, peer, registry, local.port()));
+                    let task = tasks.spawn(handle_connection(
+                        stream,
+                        peer,
+                        registry,
+                        local.port(),
+                        Arc::clone(&registered),
+                    ));
+                    requests.push_back(InFlight { task, registered });
                 }
                 Err(e) => {
                     warn!(error = %e, "port mapper failed to accept a connection");
@@ -96,12 +126,44 @@ pub async fn serve(
     }
 }
 
+/// A connection still counted as a request.
+struct InFlight {
+    task: AbortHandle,
+    /// Set once it became a registration, which counts against its own limit.
+    registered: Arc<AtomicBool>,
+}
+
+impl InFlight {
+    fn done(&self) -> bool {
+        self.task.is_finished() || self.registered.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps the requests in flight under [`MAX_REQUESTS`] counting the one about to be
+/// accepted: forgets those done, then closes the oldest still waiting.
+fn make_room(requests: &mut VecDeque<InFlight>) {
+    while requests.front().is_some_and(InFlight::done) {
+        requests.pop_front();
+    }
+    if requests.len() < MAX_REQUESTS {
+        return;
+    }
+    requests.retain(|request| !request.done());
+    while requests.len() >= MAX_REQUESTS {
+        if let Some(oldest) = requests.pop_front() {
+            debug!("too many port mapper connections; closing the oldest");
+            oldest.task.abort();
+        }
+    }
+}
+
 /// Reads one request from a fresh connection and serves it.
 async fn handle_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     registry: Registry,
     mapper_port: u16,
+    registered: Arc<AtomicBool>,
 ) {
     let body = match timeout(TIMEOUT, read_request(&mut stream)).await {
         Ok(Ok(body)) => body,
@@ -123,6 +185,8 @@ async fn handle_connection(
     };
     match request {
         EpmdRequest::Alive2(registration) => {
+            // A registration counts against its own limit, not the requests'.
+            registered.store(true, Ordering::Relaxed);
             serve_registration(stream, peer, registry, registration).await;
         }
         EpmdRequest::PortPlease2 { name } => {
@@ -228,10 +292,17 @@ async fn serve_registration(
     let name = registration.name.clone();
     let port = registration.port;
 
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        info!(%peer, len = name.len(), "registration refused: name length out of range");
+        refuse_registration(&mut stream, peer, extended).await;
+        return;
+    }
     let creation = {
         let mut nodes = registry.lock();
         if nodes.contains_key(&name) {
             None
+        } else if nodes.len() >= MAX_REGISTRATIONS {
+            Some(0)
         } else {
             let creation = new_creation(extended);
             nodes.insert(
@@ -245,15 +316,19 @@ async fn serve_registration(
         }
     };
 
-    let Some(creation) = creation else {
-        info!(%peer, name, "registration refused: name already taken");
-        let answer = if extended {
-            epmd::encode_alive2_x_resp(epmd::RESULT_ERROR, 0)
-        } else {
-            epmd::encode_alive2_resp(epmd::RESULT_ERROR, 0)
-        };
-        reply(&mut stream, peer, &answer).await;
-        return;
+    let creation = match creation {
+        None => {
+            info!(%peer, name, "registration refused: name already taken");
+            refuse_registration(&mut stream, peer, extended).await;
+            return;
+        }
+        // Creations are never 0: 0 means the map is full.
+        Some(0) => {
+            warn!(%peer, name, "registration refused: {MAX_REGISTRATIONS} names already registered");
+            refuse_registration(&mut stream, peer, extended).await;
+            return;
+        }
+        Some(creation) => creation,
     };
 
     let answer = if extended {
@@ -281,6 +356,16 @@ async fn serve_registration(
         drop(nodes);
         info!(%peer, name, port, "unregistered");
     }
+}
+
+/// Answers a registration with epmd's error result.
+async fn refuse_registration(stream: &mut TcpStream, peer: SocketAddr, extended: bool) {
+    let answer = if extended {
+        epmd::encode_alive2_x_resp(epmd::RESULT_ERROR, 0)
+    } else {
+        epmd::encode_alive2_resp(epmd::RESULT_ERROR, 0)
+    };
+    reply(stream, peer, &answer).await;
 }
 
 /// Reads (and ignores) a registration connection until it ends, however it ends.

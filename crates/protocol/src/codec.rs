@@ -33,6 +33,9 @@ pub enum CodecError {
     /// The message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// A record of the secure channel failed (forged, replayed, out of range...).
+    #[error("secure channel: {0}")]
+    Channel(#[from] crate::secure::RecordError),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -86,10 +89,19 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Bytes, CodecError> {
 
 /// The length-delimited framing with our header and limit.
 pub fn framing() -> LengthDelimitedCodec {
+    framing_up_to(MAX_FRAME_LEN)
+}
+
+/// The framing of the handshake: the same header, a limit of a few hundred bytes.
+pub fn handshake_framing() -> LengthDelimitedCodec {
+    framing_up_to(crate::secure::MAX_HANDSHAKE_FRAME_LEN)
+}
+
+fn framing_up_to(max: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(HEADER_LEN)
         .big_endian()
-        .max_frame_length(MAX_FRAME_LEN)
+        .max_frame_length(max)
         .new_codec()
 }
 
@@ -139,7 +151,7 @@ impl<In, Out: Serialize> Encoder<Out> for MessageCodec<In> {
 
 /// `LengthDelimitedCodec` reports an oversized prefix as an `io::Error` wrapping its own
 /// error type; turn that into [`CodecError::FrameTooLarge`].
-fn framing_error(e: io::Error) -> CodecError {
+pub fn framing_error(e: io::Error) -> CodecError {
     let too_long = e
         .get_ref()
         .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>());

@@ -8,28 +8,36 @@
 //! - [`limits`]: sizes and validation of nicks and texts.
 //! - [`message`]: the client -> server and server -> client message enums.
 //! - [`codec`]: the one place where bytes become messages (length-delimited bincode).
-//! - [`handshake`]: the mutual HMAC-SHA256 cookie handshake, as a state machine.
+//! - [`cookie`]: the shared secret.
+//! - [`secure`]: the secure channel: a PAKE handshake over the cookie (SPAKE2) and the
+//!   AEAD record layer every session frame travels in.
+//! - [`unicode`]: invisible, format and look-alike characters; escaping for display.
 //! - [`epmd`]: Erlang's port-mapper (epmd) wire protocol.
 //! - [`erlang`]: Erlang distribution (terms, handshake, frames) for BEAM interop.
 
 pub mod codec;
+pub mod cookie;
 pub mod epmd;
 pub mod erlang;
-pub mod handshake;
 pub mod limits;
 pub mod message;
 pub mod name;
+pub mod secure;
+pub mod unicode;
 
 pub use codec::{CodecError, MessageCodec};
-pub use handshake::{ClientHandshake, Cookie, HandshakeError, HandshakeMessage, ServerHandshake};
+pub use cookie::Cookie;
 pub use message::{
     ClientMessage, Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, ServerMessage,
     SessionTicket,
 };
 pub use name::{NodeName, NodeNameError};
+pub use secure::{
+    ClientHandshake, Established, HandshakeError, HandshakeMessage, SecureCodec, ServerHandshake,
+};
 
 /// Version of the native protocol; sent in the preamble and in the handshake's hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The four bytes a native connection opens with: ASCII `EXM` and the protocol version.
 pub const PREAMBLE: [u8; 4] = [b'E', b'X', b'M', PROTOCOL_VERSION];

@@ -3,6 +3,8 @@
 //! The server enforces these on every message; the client checks them first so the user
 //! gets an error before anything is sent.
 
+use crate::unicode;
+
 /// Largest frame payload accepted on the wire, in bytes. A length prefix above this
 /// closes the connection before anything is allocated.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -50,8 +52,15 @@ pub enum NickError {
     Invalid(String),
 }
 
-/// Checks a nick: 1..=32 bytes of printable, non-space characters, not `server`.
+/// Checks a nick: 1..=32 bytes of printable, non-space characters, nothing invisible
+/// (no format, zero-width or bidi characters), not `server` in any disguise.
 pub fn validate_nick(nick: &str) -> Result<(), NickError> {
+    normalize_nick(nick).map(drop)
+}
+
+/// Checks a nick as [`validate_nick`] does and returns the form it is stored and shown
+/// in (Unicode NFC). Uniqueness is decided on [`crate::unicode::nick_key`].
+pub fn normalize_nick(nick: &str) -> Result<String, NickError> {
     if nick.is_empty() {
         return Err(NickError::Invalid("nick must not be empty".into()));
     }
@@ -65,13 +74,24 @@ pub fn validate_nick(nick: &str) -> Result<(), NickError> {
             "nick must not contain spaces or control characters".into(),
         ));
     }
+    if nick.chars().any(unicode::is_invisible) {
+        return Err(NickError::Invalid(
+            "nick must not contain invisible, format or text-direction characters".into(),
+        ));
+    }
+    let nick = unicode::normalize(nick);
+    if nick.len() > MAX_NICK_LEN {
+        return Err(NickError::Invalid(format!(
+            "nick is longer than {MAX_NICK_LEN} bytes"
+        )));
+    }
     if nick.starts_with('/') {
         return Err(NickError::Invalid("nick must not start with '/'".into()));
     }
-    if nick.eq_ignore_ascii_case(SERVER_NICK) {
-        return Err(NickError::NotAllowed(nick.to_string()));
+    if unicode::nick_key(&nick) == unicode::nick_key(SERVER_NICK) {
+        return Err(NickError::NotAllowed(nick));
     }
-    Ok(())
+    Ok(nick)
 }
 
 /// Why a message text is refused.
@@ -89,9 +109,14 @@ pub enum TextError {
     /// Contains a control character other than tab (terminal escapes, for example).
     #[error("message contains control characters")]
     ControlCharacter,
+    /// Contains a bidi override, embedding or isolate, which can make a text read
+    /// differently from what it says.
+    #[error("message contains text-direction control characters")]
+    BidiControl,
 }
 
-/// Checks a message text: non-empty, at most `max` bytes, no control characters but tab.
+/// Checks a message text: non-empty, at most `max` bytes, no control characters but tab,
+/// no bidi controls.
 /// (UTF-8 validity is already guaranteed by decoding into `String`.)
 pub fn validate_text(text: &str, max: usize) -> Result<(), TextError> {
     if text.is_empty() {
@@ -102,6 +127,9 @@ pub fn validate_text(text: &str, max: usize) -> Result<(), TextError> {
     }
     if text.chars().any(|c| c.is_control() && c != '\t') {
         return Err(TextError::ControlCharacter);
+    }
+    if text.chars().any(unicode::is_bidi_control) {
+        return Err(TextError::BidiControl);
     }
     Ok(())
 }
@@ -125,9 +153,25 @@ mod tests {
             validate_nick("jo\u{1b}hn"),
             Err(NickError::Invalid(_))
         ));
-        for s in ["server", "SERVER", "Server"] {
-            assert!(matches!(validate_nick(s), Err(NickError::NotAllowed(_))));
+        for s in [
+            "server",
+            "SERVER",
+            "Server",
+            "\u{405}erver",
+            "se\u{301}rver",
+        ] {
+            assert!(
+                matches!(validate_nick(s), Err(NickError::NotAllowed(_))),
+                "{s:?}"
+            );
         }
+        for s in ["ann\u{200b}", "\u{202e}ann", "a\u{ad}nn", "\u{feff}x"] {
+            assert!(
+                matches!(validate_nick(s), Err(NickError::Invalid(_))),
+                "{s:?}"
+            );
+        }
+        assert_eq!(normalize_nick("a\u{301}nn").unwrap(), "\u{e1}nn");
     }
 
     #[test]
@@ -143,5 +187,10 @@ mod tests {
             Err(TextError::ControlCharacter)
         );
         assert_eq!(validate_text("a\nb", 100), Err(TextError::ControlCharacter));
+        assert_eq!(
+            validate_text("see \u{202e}gpj.exe", 100),
+            Err(TextError::BidiControl)
+        );
+        assert!(validate_text("مرحبا hello", 100).is_ok());
     }
 }

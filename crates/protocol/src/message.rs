@@ -207,6 +207,12 @@ pub enum Reply {
         /// Why.
         reason: ResumeFailure,
     },
+    /// `nick` is being sent more private messages than it may receive; this one was
+    /// dropped (so that others cannot push it past its send queue).
+    RecipientBusy {
+        /// The recipient.
+        nick: String,
+    },
 }
 
 /// A room event and its place in the room's history.

@@ -18,8 +18,21 @@ pub struct ServerConfig {
     pub silent_ticks: u32,
     /// Time allowed from accept to a finished handshake.
     pub handshake_timeout: Duration,
-    /// Most connections at once (joined or not).
+    /// Most authenticated connections at once (joined or not).
     pub max_clients: usize,
+    /// Most connections still in their handshake, in all.
+    pub max_handshakes: usize,
+    /// Most connections still in their handshake from one address (IPv6: one /64).
+    pub max_handshakes_per_address: usize,
+    /// Failed handshakes an address may make before it must wait [`Self::auth_retry`]
+    /// per further attempt.
+    pub auth_failures: u32,
+    /// Time for one failed handshake of an address to be forgotten.
+    pub auth_retry: Duration,
+    /// Private messages one member may receive per second, on average.
+    pub pm_rate_per_sec: f64,
+    /// Private messages one member may receive in a burst.
+    pub pm_burst: u32,
     /// Longest message text, in bytes.
     pub max_text_len: usize,
     /// Items (replies, pings, private frames) a connection's own queue may hold before it
@@ -59,6 +72,12 @@ impl ServerConfig {
             silent_ticks: 4,
             handshake_timeout: Duration::from_secs(5),
             max_clients: 10_000,
+            max_handshakes: 1024,
+            max_handshakes_per_address: 128,
+            auth_failures: 5,
+            auth_retry: Duration::from_secs(10),
+            pm_rate_per_sec: 20.0,
+            pm_burst: 40,
             max_text_len: limits::DEFAULT_MAX_TEXT_LEN,
             send_queue_frames: 1024,
             send_queue_bytes: 4 * 1024 * 1024,

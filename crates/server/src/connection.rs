@@ -1,12 +1,18 @@
 //! One client connection, from the first byte to the last.
 //!
-//! 1. Opening: the 4-byte preamble tells our protocol from Erlang distribution (handed to
-//!    [`crate::erlang`]) and from garbage, which is closed at once.
-//! 2. Handshake: [`protocol::ServerHandshake`] driven over the socket, the whole of it
-//!    (preamble included) bounded by the handshake timeout.
-//! 3. Session: this task becomes the *reader* (decode, validate, rate-limit, forward to
-//!    the registry, answer pings, notice silence) and a *writer* task drains the
-//!    connection's queue ([`crate::writer`]).
+//! 1. Admission: the connection takes a place in the unauthenticated pool
+//!    ([`crate::admission`]), or is told the server is full.
+//! 2. Opening: the 4-byte preamble tells our protocol from Erlang distribution (handed to
+//!    [`crate::erlang`] with a `--max-clients` permit) and from garbage, which is closed
+//!    at once.
+//! 3. Handshake: [`protocol::ServerHandshake`] driven over the socket with a buffer of a
+//!    few hundred bytes, the whole of it (preamble included) bounded by the handshake
+//!    timeout; the key exchange only runs when the address has failures to spare. Once
+//!    the cookie is proven the connection takes one of the `--max-clients` permits.
+//! 4. Session: this task becomes the *reader* (open records, decode, validate,
+//!    rate-limit, forward to the registry, answer pings) and a *writer* task writes the
+//!    room's history and the connection's own queue as sealed records
+//!    ([`crate::writer`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,28 +20,37 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use protocol::codec::{self, CodecError, MessageCodec};
-use protocol::handshake::{RefuseReason, ServerStep};
+use protocol::codec::{self, CodecError};
 use protocol::limits;
+use protocol::secure::{Established, MAX_HANDSHAKE_FRAME_LEN, RefuseReason, ServerStep};
+use protocol::unicode::escape_capped;
 use protocol::{
     ClientMessage, HandshakeMessage, LeaveReason, NodeName, Opening, Reply, ServerHandshake,
     ServerMessage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::codec::Framed;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Limits, PoolFull};
 use crate::config::ServerConfig;
 use crate::history::History;
 use crate::inbound::Inbound;
+use crate::log_limit::LogLimiter;
 use crate::peer::{NativePeer, Peer};
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::registry::{Command, ConnId, RegistryHandle};
-use crate::writer::{self, Pipe};
+use crate::writer::{self, Encoding, Pipe};
+
+/// Flood-limit tokens a join or a leave costs (at most a quarter of the burst): each is a
+/// broadcast to the whole room.
+const MEMBERSHIP_COST: f64 = 5.0;
+
+/// Longest peer-supplied string written to a log, in characters.
+pub const LOG_CAP: usize = 100;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -49,9 +64,15 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// Tracks writer tasks so shutdown can wait for them to flush.
     pub tracker: TaskTracker,
-    pong: Bytes,
-    /// The last connection id handed out (native connections and BEAM nicks alike).
+    /// The unauthenticated pool and the failed-handshake limit.
+    pub admission: Arc<Admission>,
+    /// One permit per authenticated connection (`--max-clients`).
+    pub sessions: Arc<Semaphore>,
+    /// Bounds the log lines refused connections cause.
+    pub refusals: LogLimiter,
+    /// The last connection id handed out (native connections and BEAM nicks).
     ids: AtomicU64,
+    pong: Bytes,
 }
 
 impl Shared {
@@ -64,14 +85,23 @@ impl Shared {
         tracker: TaskTracker,
     ) -> Self {
         let encode = |m: &ServerMessage| codec::encode_frame(m).expect("tiny messages encode");
+        let admission = Admission::new(Limits {
+            max_handshakes: config.max_handshakes,
+            max_handshakes_per_address: config.max_handshakes_per_address,
+            failures: config.auth_failures,
+            retry: config.auth_retry,
+        });
         Self {
+            sessions: Arc::new(Semaphore::new(config.max_clients)),
+            admission,
+            refusals: LogLimiter::new(10.0, 50),
             config,
             registry,
             history,
             stopping,
             tracker,
-            pong: encode(&ServerMessage::Pong),
             ids: AtomicU64::new(0),
+            pong: encode(&ServerMessage::Pong),
         }
     }
 
@@ -79,63 +109,96 @@ impl Shared {
     pub fn next_conn_id(&self) -> ConnId {
         self.ids.fetch_add(1, Ordering::Relaxed) + 1
     }
+
+    /// Logs a refused connection at WARN, at a bounded rate.
+    fn log_refusal(&self, addr: SocketAddr, claimed: Option<&NodeName>, why: &str) {
+        if let Some(suppressed) = self.refusals.allow() {
+            let claimed = claimed.map_or_else(
+                || "(none)".to_string(),
+                |name| escape_capped(&name.to_string(), LOG_CAP),
+            );
+            let why = escape_capped(why, LOG_CAP);
+            if suppressed > 0 {
+                tracing::warn!(%addr, claimed_node = %claimed, error = %why, suppressed, "handshake refused (and {suppressed} more not logged)");
+            } else {
+                tracing::warn!(%addr, claimed_node = %claimed, error = %why, "handshake refused");
+            }
+        }
+    }
 }
 
 /// How a connection opened.
 enum Opened {
-    /// Our protocol, authenticated as this node; bytes read past the handshake.
-    Native(NodeName, BytesMut),
-    /// An Erlang distribution handshake; its first four bytes.
-    Erlang([u8; 4]),
+    /// Our protocol: a finished handshake.
+    Native {
+        /// The client's node, authenticated.
+        node: NodeName,
+        /// Bytes read past the handshake.
+        leftover: BytesMut,
+        /// The keys of the secure channel.
+        channel: Established,
+        /// Its `--max-clients` place.
+        permit: OwnedSemaphorePermit,
+    },
+    /// An Erlang distribution handshake, with its first four bytes.
+    Erlang {
+        /// The bytes already read.
+        first: [u8; 4],
+        /// Its `--max-clients` place.
+        permit: OwnedSemaphorePermit,
+    },
 }
 
-/// Runs one connection to its end. `permit` is `None` when the server is full: the client
-/// is told so and closed.
-pub async fn handle(
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    id: ConnId,
-    shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
-    // Boxed: the opening's state (handshake framing, timers) is large and short-lived;
+/// Runs one connection to its end.
+pub async fn handle(mut stream: TcpStream, addr: SocketAddr, id: ConnId, shared: Arc<Shared>) {
+    // Boxed: the opening's state (handshake buffer, key exchange, timers) is short-lived;
     // inline, it would size this task for the connection's whole life.
-    match Box::pin(opening(&mut stream, addr, &shared, &permit)).await {
-        None => return,
-        Some(Opened::Native(node, leftover)) => {
+    match Box::pin(opening(&mut stream, addr, &shared)).await {
+        None => {}
+        Some(Opened::Native {
+            node,
+            leftover,
+            channel,
+            permit,
+        }) => {
             tracing::info!(%addr, %node, "connected");
-            session(stream, addr, id, node, leftover, &shared).await;
+            session(stream, addr, id, node, leftover, channel, &shared).await;
+            drop(permit);
         }
-        Some(Opened::Erlang(first)) => crate::erlang::run(stream, addr, first, &shared).await,
+        Some(Opened::Erlang { first, permit }) => {
+            crate::erlang::run(stream, addr, first, &shared).await;
+            drop(permit);
+        }
     }
-    drop(permit);
 }
 
-/// Everything before the session: the connection limit, the preamble and the handshake,
-/// under the handshake timeout and the server's stop signal.
-async fn opening(
-    stream: &mut TcpStream,
-    addr: SocketAddr,
-    shared: &Shared,
-    permit: &Option<OwnedSemaphorePermit>,
-) -> Option<Opened> {
+/// Everything before the session: the unauthenticated pool, the preamble and the
+/// handshake, under the handshake timeout and the server's stop signal.
+async fn opening(stream: &mut TcpStream, addr: SocketAddr, shared: &Shared) -> Option<Opened> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY");
     }
-    if permit.is_none() {
-        tracing::warn!(%addr, "server full; refusing connection");
-        refuse_now(
-            stream,
-            RefuseReason::ServerFull,
-            shared.config.handshake_timeout,
-        )
-        .await;
-        return None;
-    }
+    let _slot = match shared.admission.enter(addr.ip()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            let why = match full {
+                PoolFull::All => "too many connections in their handshake",
+                PoolFull::Address => "too many connections in their handshake from this address",
+            };
+            shared.log_refusal(addr, None, why);
+            refuse_now(
+                stream,
+                RefuseReason::ServerFull,
+                shared.config.handshake_timeout,
+            )
+            .await;
+            return None;
+        }
+    };
     let limit = shared.config.handshake_timeout;
     tokio::select! {
         () = shared.stopping.cancelled() => None,
-        opened = tokio::time::timeout(limit, open(stream, addr, &shared.config)) => {
+        opened = tokio::time::timeout(limit, open(stream, addr, shared)) => {
             opened.unwrap_or_else(|_| {
                 tracing::info!(%addr, "handshake timed out; closing");
                 None
@@ -147,8 +210,9 @@ async fn opening(
 /// Most bytes read and thrown away from a refused connection while it lingers.
 const REFUSAL_DRAIN: usize = 4096;
 
-/// Most refused connections lingering at once; past this, refusals close at once.
-const MAX_LINGERING: usize = 1024;
+/// Most refused connections lingering at once; past this, a refusal only reads what has
+/// already arrived before it closes.
+const MAX_LINGERING: usize = 4096;
 
 /// Refused connections currently lingering.
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
@@ -167,6 +231,8 @@ async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason, linger: Durati
     let _ = stream.shutdown().await;
     if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
         LINGERING.fetch_sub(1, Ordering::Relaxed);
+        let mut scratch = [0u8; 512];
+        while matches!(stream.try_read(&mut scratch), Ok(n) if n > 0) {}
         return;
     }
     let drain = async {
@@ -183,10 +249,32 @@ async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason, linger: Durati
     LINGERING.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Reads the preamble and runs the handshake. Returns the client's node name and any bytes
-/// read past the handshake (or, for Erlang distribution, the bytes read), or `None` when
-/// the connection must close.
-async fn open(stream: &mut TcpStream, addr: SocketAddr, config: &ServerConfig) -> Option<Opened> {
+/// Bytes the handshake reads at once; a whole handshake frame always fits.
+const HANDSHAKE_BUFFER: usize = codec::HEADER_LEN + MAX_HANDSHAKE_FRAME_LEN;
+
+/// Reads the next handshake frame's payload; `Ok(None)` when the peer closed.
+async fn next_frame(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    framing: &mut tokio_util::codec::LengthDelimitedCodec,
+) -> Result<Option<BytesMut>, CodecError> {
+    loop {
+        if let Some(payload) = framing.decode(buffer).map_err(codec::framing_error)? {
+            return Ok(Some(payload));
+        }
+        // Room for one whole frame, no more: a stalled handshake holds at most this.
+        buffer.reserve(HANDSHAKE_BUFFER.saturating_sub(buffer.len()).max(1));
+        if stream.read_buf(buffer).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads the preamble and runs the handshake. Returns the client's node name, its
+/// channel and any bytes read past the handshake, or `None` when the connection must
+/// close.
+async fn open(stream: &mut TcpStream, addr: SocketAddr, shared: &Shared) -> Option<Opened> {
+    let config = &shared.config;
     let mut first = [0u8; 4];
     if let Err(e) = stream.read_exact(&mut first).await {
         tracing::debug!(%addr, error = %e, "closed before the preamble");
@@ -197,15 +285,19 @@ async fn open(stream: &mut TcpStream, addr: SocketAddr, config: &ServerConfig) -
         Opening::NativeUnsupportedVersion(v) => {
             tracing::info!(%addr, version = v, "client speaks another protocol version");
             let supported = protocol::PROTOCOL_VERSION;
-            refuse_now(
-                stream,
-                RefuseReason::UnsupportedVersion { supported },
-                config.handshake_timeout,
-            )
-            .await;
+            let reason = RefuseReason::UnsupportedVersion { supported };
+            refuse_now(stream, reason, config.handshake_timeout).await;
             return None;
         }
-        Opening::ErlangDistribution => return Some(Opened::Erlang(first)),
+        Opening::ErlangDistribution => {
+            // The distribution handshake has its own cookie challenge and timeout
+            // (crate::erlang); the node takes a place like any client.
+            let Ok(permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
+                shared.log_refusal(addr, None, "server full");
+                return None;
+            };
+            return Some(Opened::Erlang { first, permit });
+        }
         Opening::Unknown => {
             tracing::info!(%addr, "not our protocol (bad preamble); closing");
             return None;
@@ -216,35 +308,80 @@ async fn open(stream: &mut TcpStream, addr: SocketAddr, config: &ServerConfig) -
         config.cookie.clone(),
         u64::try_from(config.tick.as_millis()).unwrap_or(u64::MAX),
     );
-    let mut framed = Framed::new(&mut *stream, MessageCodec::<HandshakeMessage>::new());
+    let mut buffer = BytesMut::with_capacity(HANDSHAKE_BUFFER);
+    let mut framing = codec::handshake_framing();
+    let mut exchange = None;
     loop {
-        let message = match framed.next().await {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::info!(%addr, error = %e, "bad handshake message; closing");
+        let payload = match next_frame(stream, &mut buffer, &mut framing).await {
+            Ok(Some(payload)) => payload,
+            Ok(None) | Err(CodecError::Io(_)) if machine.exchanged_keys() => {
+                let why = "the client hung up after the key exchange (a different cookie?)";
+                shared.log_refusal(addr, machine.claimed_name(), why);
                 return None;
             }
-            None => {
+            Ok(None) => {
                 tracing::debug!(%addr, "closed during the handshake");
                 return None;
             }
-        };
-        match machine.on_message(message) {
-            ServerStep::Send(reply) => {
-                framed.send(reply).await.ok()?;
+            Err(e) => {
+                tracing::info!(%addr, error = %e, "bad handshake frame; closing");
+                return None;
             }
-            ServerStep::Accept { reply, peer } => {
-                framed.send(reply).await.ok()?;
-                let leftover = framed.into_parts().read_buf;
-                return Some(Opened::Native(peer, leftover));
+        };
+        if exchange.is_none() {
+            // The first frame is the hello, which starts a key exchange: one guess of the
+            // cookie, so it needs room in the address's failure budget.
+            match shared.admission.exchange(addr.ip()).await {
+                Some(slot) => exchange = Some(slot),
+                None => {
+                    shared.log_refusal(addr, None, "too many failed handshakes from this address");
+                    refuse_now(stream, RefuseReason::TryLater, config.handshake_timeout).await;
+                    return None;
+                }
+            }
+        }
+        match machine.on_frame(&payload) {
+            ServerStep::Send(reply) => {
+                if !machine.exchanged_keys() {
+                    // Refused before any key exchange: no guess was made.
+                    if let Some(exchange) = exchange.take() {
+                        exchange.free();
+                    }
+                }
+                stream.write_all(&reply).await.ok()?;
+            }
+            ServerStep::Accept {
+                reply,
+                peer,
+                channel,
+            } => {
+                if let Some(exchange) = exchange.take() {
+                    exchange.free();
+                }
+                let Ok(permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
+                    shared.log_refusal(addr, Some(&peer), "server full");
+                    refuse_now(stream, RefuseReason::ServerFull, config.handshake_timeout).await;
+                    return None;
+                };
+                stream.write_all(&reply).await.ok()?;
+                return Some(Opened::Native {
+                    node: peer,
+                    leftover: buffer,
+                    channel: *channel,
+                    permit,
+                });
             }
             ServerStep::Refuse { reply, error } => {
-                let claimed = machine
-                    .claimed_name()
-                    .map_or_else(|| "(none)".to_string(), ToString::to_string);
-                tracing::warn!(%addr, claimed_node = %claimed, %error, "handshake refused");
-                let _ = framed.send(reply).await;
-                let _ = framed.get_mut().shutdown().await;
+                if !machine.exchanged_keys()
+                    && let Some(exchange) = exchange.take()
+                {
+                    exchange.free();
+                }
+                shared.log_refusal(addr, machine.claimed_name(), &error.to_string());
+                if !reply.is_empty() {
+                    let _ = stream.write_all(&reply).await;
+                }
+                let _ = stream.shutdown().await;
                 return None;
             }
         }
@@ -259,6 +396,7 @@ async fn session(
     id: ConnId,
     node: NodeName,
     leftover: BytesMut,
+    channel: Established,
     shared: &Shared,
 ) {
     let config = &shared.config;
@@ -274,9 +412,14 @@ async fn session(
         stop.clone(),
     ));
     let group = history.group_of(id);
-    shared
-        .tracker
-        .spawn(writer::run(write_half, pipe, history, group, stop.clone()));
+    shared.tracker.spawn(writer::run(
+        write_half,
+        pipe,
+        history,
+        group,
+        stop.clone(),
+        Encoding::Sealed(channel.sealer),
+    ));
     let registry = &shared.registry;
     if !registry
         .send(Command::Attach {
@@ -287,7 +430,7 @@ async fn session(
     {
         return;
     }
-    let mut frames = Inbound::new(read_half, leftover);
+    let mut frames = Inbound::new(read_half, leftover, channel.opener);
     let mut reader = Reader {
         id,
         peer: &peer,
@@ -352,20 +495,22 @@ impl Reader<'_> {
     /// Handles one message; returns a reason when the session must end.
     async fn on_message(&mut self, message: ClientMessage) -> Option<LeaveReason> {
         let id = self.id;
-        match message {
+        // Every message counts against the flood limit, pings and user lists included;
+        // joins and leaves are told to the whole room, so they cost more. Only the
+        // answers to the server's own pings are free.
+        let cost = match message {
             ClientMessage::Pong => return None,
-            ClientMessage::Ping => {
-                let _ = self.peer.push(self.shared.pong.clone());
-                return None;
+            // At most a quarter of the burst, so a join still leaves room to speak.
+            ClientMessage::Join { .. } | ClientMessage::Resume { .. } | ClientMessage::Leave => {
+                (f64::from(self.shared.config.burst) / 4.0).clamp(1.0, MEMBERSHIP_COST)
             }
-            // Leaving is never refused for flooding: it ends the flood.
-            ClientMessage::Leave => {
-                return self.forward(Command::Leave { id }).await;
-            }
-            _ => {}
-        }
-        match self.bucket.check(std::time::Instant::now()) {
+            _ => 1.0,
+        };
+        match self.bucket.check_cost(std::time::Instant::now(), cost) {
             Verdict::Allow => {}
+            // Leaving is never refused for flooding (it ends the flood); it still costs,
+            // so a join right after it finds the bucket as the leave left it.
+            _ if matches!(message, ClientMessage::Leave) => {}
             Verdict::Refuse { first } => {
                 if first {
                     let _ = self.peer.reply(Reply::SlowDown);
@@ -379,6 +524,10 @@ impl Reader<'_> {
             }
         }
         let command = match message {
+            ClientMessage::Ping => {
+                let _ = self.peer.push(self.shared.pong.clone());
+                return None;
+            }
             ClientMessage::Join { nick, backlog } => Command::Join { id, nick, backlog },
             ClientMessage::Resume {
                 ticket,
@@ -390,6 +539,7 @@ impl Reader<'_> {
                 epoch,
                 last_seq,
             },
+            ClientMessage::Leave => Command::Leave { id },
             ClientMessage::ListUsers => Command::ListUsers { id },
             ClientMessage::Say { id: msg_id, text } => {
                 if !self.text_allowed(&text) {
@@ -412,13 +562,8 @@ impl Reader<'_> {
                     text,
                 }
             }
-            ClientMessage::Leave | ClientMessage::Ping | ClientMessage::Pong => return None,
+            ClientMessage::Pong => return None,
         };
-        self.forward(command).await
-    }
-
-    /// Hands a command to the registry; a reason to end the session if it has stopped.
-    async fn forward(&self, command: Command) -> Option<LeaveReason> {
         if self.shared.registry.send(command).await {
             None
         } else {

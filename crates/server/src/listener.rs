@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,10 +37,13 @@ pub async fn serve(
         max_departed: config.max_clients,
         resume_window: config.resume_window,
     };
-    let registry = registry::spawn(REGISTRY_MAILBOX, history.clone(), rules);
+    let private_limit = registry::PrivateLimit {
+        rate: config.pm_rate_per_sec,
+        burst: config.pm_burst,
+    };
+    let registry = registry::spawn(REGISTRY_MAILBOX, history.clone(), rules, private_limit);
     let stopping = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(config.max_clients));
     let grace = config.shutdown_grace;
     let config_tick = config.tick;
     let shared = Arc::new(Shared::new(
@@ -78,13 +80,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let permit = Arc::clone(&permits).try_acquire_owned().ok();
         tracker.spawn(connection::handle(
             stream,
             addr,
             shared.next_conn_id(),
             Arc::clone(&shared),
-            permit,
         ));
     }
     tracing::info!("shutting down");

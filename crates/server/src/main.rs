@@ -78,9 +78,28 @@ struct RoomArgs {
     /// Seconds a new connection has to finish its handshake.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     handshake_timeout: f64,
-    /// Most connections at once.
+    /// Most authenticated connections at once.
     #[arg(long, default_value_t = 10_000)]
     max_clients: usize,
+    /// Most connections still in their handshake, in all.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_handshakes: usize,
+    /// Most connections still in their handshake from one address (IPv6: one /64).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    max_handshakes_per_address: usize,
+    /// Failed handshakes (cookie guesses) one address may make before it must wait.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    auth_failures: u32,
+    /// Seconds for one failed handshake of an address to be forgotten: past
+    /// --auth-failures, one attempt per this many seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    auth_retry: f64,
+    /// Private messages one member may receive per second, on average.
+    #[arg(long, default_value_t = 20.0, value_name = "PER_SECOND")]
+    pm_rate: f64,
+    /// Private messages one member may receive in a burst.
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    pm_burst: u32,
     /// Longest message text in bytes.
     #[arg(long, default_value_t = protocol::limits::DEFAULT_MAX_TEXT_LEN, value_name = "BYTES")]
     max_text: usize,
@@ -172,43 +191,48 @@ async fn run_room(args: RoomArgs) -> Result<()> {
     let port = listener.local_addr()?.port();
 
     let mapper_port = portmap::mapper_port_from_env();
-    let exe =
-        std::env::current_exe().context("cannot find this program to start the port mapper")?;
-    let mapper_port_arg = mapper_port.to_string();
-    let started = portmap::ensure_running(
+    let keeper = chat_server::mapper::Keeper {
         mapper_port,
-        &exe,
-        &["port-mapper", "--port", &mapper_port_arg],
-    )
-    .await
-    .with_context(|| format!("no port mapper on port {mapper_port}, and starting one failed"))?;
-    if started {
-        tracing::info!(
-            port = mapper_port,
-            "started a port mapper in the background"
-        );
-    }
-    let mapper = SocketAddr::from((Ipv4Addr::LOCALHOST, mapper_port));
-    // As an Erlang node registers (type 77), with a marker in Extra so that chat-client
-    // tells our servers from BEAM nodes serving ExMessenger.
-    let mut node = protocol::epmd::NodeRegistration::normal(name.alive(), port);
-    node.extra = protocol::erlang::EPMD_EXTRA_MARKER.to_vec();
-    let mut registration = match portmap::register_node(mapper, &node).await {
+        alive: name.alive().to_string(),
+        port,
+        program: std::env::current_exe()
+            .context("cannot find this program to start the port mapper")?,
+        args: vec![
+            "port-mapper".into(),
+            "--port".into(),
+            mapper_port.to_string(),
+        ],
+    };
+    let registration = match keeper.register().await {
         Ok(registration) => registration,
         Err(portmap::PortmapError::NameTaken(alive)) => {
+            let holder =
+                portmap::lookup(SocketAddr::from((Ipv4Addr::LOCALHOST, mapper_port)), &alive)
+                    .await
+                    .map_or_else(
+                        |_| "another process".to_string(),
+                        |p| format!("the process listening on port {p}"),
+                    );
             bail!(
-                "a node named {alive} is already running on this host (port mapper on port {mapper_port})"
+                "the name {alive} is already registered with the port mapper on port {mapper_port} by {holder}: \
+                 another chat-server named {name} is running, or some program took the name (it cannot \
+                 read or forge anything without the cookie); stop it, or pick another --sname/--name"
             )
+        }
+        Err(
+            e @ (portmap::PortmapError::Spawn { .. }
+            | portmap::PortmapError::MapperExited { .. }
+            | portmap::PortmapError::StartTimeout { .. }),
+        ) => {
+            return Err(e).with_context(|| {
+                format!("no port mapper on port {mapper_port}, and starting one failed")
+            });
         }
         Err(e) => return Err(e).context("cannot register with the port mapper"),
     };
     config.creation = registration.creation();
-    tokio::spawn(async move {
-        registration.closed().await;
-        tracing::warn!("the port mapper went away: clients can no longer find this node by name");
-        // Keep the registration alive (and dropped) with the task.
-        drop(registration);
-    });
+    // Kept for the life of the server: re-registers whenever the mapper goes away.
+    tokio::spawn(keeper.keep(registration));
 
     tracing::info!(cookie = %cookie_source, "cookie loaded");
     let signals = ShutdownSignals::install()?;
@@ -239,6 +263,15 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.tick = seconds(args.tick, "--tick")?;
     config.handshake_timeout = seconds(args.handshake_timeout, "--handshake-timeout")?;
     config.max_clients = args.max_clients;
+    config.max_handshakes = args.max_handshakes.max(1);
+    config.max_handshakes_per_address = args.max_handshakes_per_address.max(1);
+    config.auth_failures = args.auth_failures.max(1);
+    config.auth_retry = seconds(args.auth_retry, "--auth-retry")?;
+    if !(args.pm_rate.is_finite() && args.pm_rate > 0.0) {
+        bail!("--pm-rate must be a positive number, not {}", args.pm_rate);
+    }
+    config.pm_rate_per_sec = args.pm_rate;
+    config.pm_burst = args.pm_burst.max(1);
     config.max_text_len = args.max_text;
     config.send_queue_frames = args.send_queue.max(1);
     if args.send_queue_bytes < protocol::limits::MAX_FRAME_LEN + 4 {

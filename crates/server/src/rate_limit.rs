@@ -48,11 +48,18 @@ impl TokenBucket {
 
     /// Judges one message arriving at `now`.
     pub fn check(&mut self, now: Instant) -> Verdict {
+        self.check_cost(now, 1.0)
+    }
+
+    /// Judges one message arriving at `now` that costs `cost` tokens (capped at the
+    /// burst, so every message can pass a full bucket).
+    pub fn check_cost(&mut self, now: Instant, cost: f64) -> Verdict {
+        let cost = cost.clamp(1.0, self.burst);
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             self.refused_in_a_row = 0;
             return Verdict::Allow;
         }
@@ -93,6 +100,18 @@ mod tests {
             let now = t0 + Duration::from_millis(100 * i);
             assert_eq!(bucket.check(now), Verdict::Allow);
         }
+    }
+
+    #[test]
+    fn costly_messages_take_more_tokens() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 10);
+        assert_eq!(bucket.check_cost(t0, 5.0), Verdict::Allow);
+        assert_eq!(bucket.check_cost(t0, 5.0), Verdict::Allow);
+        assert_eq!(bucket.check_cost(t0, 5.0), Verdict::Refuse { first: true });
+        // Capped at the burst: a tiny bucket still lets one through.
+        let mut tiny = TokenBucket::new(10.0, 1);
+        assert_eq!(tiny.check_cost(t0, 5.0), Verdict::Allow);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::limits::{self, NickError};
+use protocol::unicode;
 use protocol::{Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, SessionTicket};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::history::{Audience, EntryKind, History, SERVER_SESSION, SessionId};
 use crate::memory::MemoryKeeper;
 use crate::peer::{DeliveryError, FrameArena, Peer, RoomEvent};
+use crate::rate_limit::{TokenBucket, Verdict};
 
 /// Identifies one connection for its whole life.
 pub type ConnId = u64;
@@ -175,10 +177,37 @@ impl Default for RoomRules {
     }
 }
 
-/// Starts the registry actor over `history` with a mailbox of `mailbox` commands.
-pub fn spawn(mailbox: usize, history: Arc<History>, rules: RoomRules) -> RegistryHandle {
+/// How many private messages one member may receive: `rate` per second on average,
+/// bursts of `burst`, so that others cannot push it past its send queue.
+#[derive(Debug, Clone, Copy)]
+pub struct PrivateLimit {
+    /// Per second, on average.
+    pub rate: f64,
+    /// In a burst.
+    pub burst: u32,
+}
+
+impl Default for PrivateLimit {
+    fn default() -> Self {
+        Self {
+            rate: 20.0,
+            burst: 40,
+        }
+    }
+}
+
+/// Starts the registry actor over `history` with a mailbox of `mailbox` commands; each
+/// member may receive private messages within `private_limit`.
+pub fn spawn(
+    mailbox: usize,
+    history: Arc<History>,
+    rules: RoomRules,
+    private_limit: PrivateLimit,
+) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(mailbox);
-    tokio::spawn(Registry::new(history, rules).run(rx));
+    let mut registry = Registry::new(history, rules);
+    registry.private_limit = private_limit;
+    tokio::spawn(registry.run(rx));
     RegistryHandle { tx }
 }
 
@@ -231,6 +260,8 @@ struct Session {
     departed_at: Option<Instant>,
     /// The last message id the client used, and the sequence number it got.
     last_msg: (u64, u64),
+    /// Private messages this member may still receive.
+    private_bucket: TokenBucket,
 }
 
 struct Registry {
@@ -240,6 +271,11 @@ struct Registry {
     sessions: HashMap<SessionId, Session>,
     /// Members by nick, sorted so user lists come out in order.
     members: BTreeMap<String, SessionId>,
+    /// The uniqueness keys of the members' nicks ([`protocol::unicode::nick_key`]): no
+    /// two members' nicks differ only in case, accents or look-alike letters.
+    nick_keys: HashMap<String, SessionId>,
+    /// What each member may receive of private messages.
+    private_limit: PrivateLimit,
     /// Members that do not read the history: handed every event meant for them.
     fed: BTreeMap<SessionId, ConnId>,
     /// Sessions that left the room without leaving on purpose, oldest first.
@@ -270,6 +306,8 @@ impl Registry {
             connections: HashMap::new(),
             sessions: HashMap::new(),
             members: BTreeMap::new(),
+            nick_keys: HashMap::new(),
+            private_limit: PrivateLimit::default(),
             fed: BTreeMap::new(),
             departed: VecDeque::new(),
             last_session: SERVER_SESSION,
@@ -467,6 +505,7 @@ impl Registry {
                 in_room: true,
                 departed_at: None,
                 last_msg: (0, 0),
+                private_bucket: TokenBucket::new(self.private_limit.rate, self.private_limit.burst),
             },
         );
         (id, SessionTicket { id, secret })
@@ -481,18 +520,26 @@ impl Registry {
             self.reply(id, Reply::AlreadyJoined { nick });
             return;
         }
-        let refusal = match limits::validate_nick(&nick) {
+        // Normalised (NFC), and unique by its key: case, accents and look-alike
+        // letters do not make another nick.
+        let checked = match limits::normalize_nick(&nick) {
             Err(NickError::NotAllowed(_)) => Err(Reply::NickNotAllowed),
             Err(NickError::Invalid(reason)) => Err(Reply::InvalidNick { reason }),
-            Ok(()) if self.members.contains_key(&nick) => Err(Reply::NickInUse),
-            Ok(()) => InlineNick::new(&nick).ok_or(Reply::InvalidNick {
-                reason: format!("nick is longer than {} bytes", limits::MAX_NICK_LEN),
-            }),
+            Ok(nick) if self.nick_keys.contains_key(&unicode::nick_key(&nick)) => {
+                Err(Reply::NickInUse)
+            }
+            Ok(nick) => {
+                InlineNick::new(&nick)
+                    .map(|inline| (nick, inline))
+                    .ok_or(Reply::InvalidNick {
+                        reason: format!("nick is longer than {} bytes", limits::MAX_NICK_LEN),
+                    })
+            }
         };
-        let inline = match refusal {
-            Ok(inline) => inline,
+        let (nick, inline) = match checked {
+            Ok(checked) => checked,
             Err(reply) => {
-                tracing::debug!(%nick, ?reply, "join refused");
+                tracing::debug!(?reply, "join refused");
                 self.reply(id, reply);
                 return;
             }
@@ -500,6 +547,7 @@ impl Registry {
         let peer = Arc::clone(&connection.peer);
         tracing::info!(%nick, node = %peer.node(), "joined");
         let (session, ticket) = self.new_session(inline, id);
+        self.nick_keys.insert(unicode::nick_key(&nick), session);
         self.members.insert(nick.clone(), session);
         if let Some(connection) = self.connections.get_mut(&id) {
             connection.session = Some(session);
@@ -554,7 +602,8 @@ impl Registry {
         } else {
             match self.sessions.get(&ticket.id) {
                 Some(s) if bool::from(s.secret.ct_eq(&ticket.secret)) => {
-                    let nick_taken = !s.in_room && self.members.contains_key(s.nick.as_str());
+                    let key = unicode::nick_key(s.nick.as_str());
+                    let nick_taken = !s.in_room && self.nick_keys.contains_key(&key);
                     nick_taken.then_some(ResumeFailure::NickInUse)
                 }
                 _ => Some(ResumeFailure::UnknownSession),
@@ -590,6 +639,7 @@ impl Registry {
         let nick = session.nick.as_str().to_string();
         if rejoined {
             self.departed.retain(|s| *s != session_id);
+            self.nick_keys.insert(unicode::nick_key(&nick), session_id);
             self.members.insert(nick.clone(), session_id);
         }
         if let Some(connection) = self.connections.get_mut(&id) {
@@ -676,10 +726,19 @@ impl Registry {
             self.reply(id, ack);
             return;
         }
-        let Some(&target) = self.members.get(&to) else {
+        // Found by its key, so `/pm Ann` reaches `ann`.
+        let Some(&target) = self.nick_keys.get(&unicode::nick_key(&to)) else {
             self.reply(id, Reply::NoSuchUser { nick: to });
             return;
         };
+        let within = self
+            .sessions
+            .get_mut(&target)
+            .is_none_or(|s| s.private_bucket.check(std::time::Instant::now()) == Verdict::Allow);
+        if !within {
+            self.reply(id, Reply::RecipientBusy { nick: to });
+            return;
+        }
         let from = self.sessions[&session].nick.as_str().to_string();
         let seq = self.publish(
             EventKind::Private { from, text },
@@ -757,6 +816,7 @@ impl Registry {
         s.departed_at = Some(Instant::now());
         let nick = s.nick.as_str().to_string();
         self.members.remove(&nick);
+        self.nick_keys.remove(&unicode::nick_key(&nick));
         self.fed.remove(&session);
         tracing::info!(%nick, reason = reason.describe(), "left");
         if reason == LeaveReason::Left {

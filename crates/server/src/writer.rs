@@ -5,9 +5,11 @@
 //! connection, and copies into one contiguous buffer: the history's events for its
 //! session up to each queued item's stamp, the item, and then the rest of the history up
 //! to the noted event. Then it writes the buffer with one call. Copying small frames into
-//! one buffer costs less than handing the kernel one slice per frame, and it is what a
-//! record layer needs anyway. A busy connection fills up to [`ROUND_BUDGET`] bytes per
-//! write; an idle one holds no buffer at all.
+//! one buffer costs less than handing the kernel one slice per frame. A native
+//! connection's buffer is then sealed into as few records as the record limit allows
+//! ([`protocol::secure::Sealer`]: many frames per record, a frame may span two) before
+//! the write; a BEAM node's is written as it is. A busy connection fills up to
+//! [`ROUND_BUDGET`] bytes per write; an idle one holds no buffer at all.
 //!
 //! A connection whose position falls out of the history has lost events: it is a slow
 //! consumer, and the writer ends it (`send queue exceeded`). It stops at once when the
@@ -20,6 +22,8 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use bytes::{BufMut, BytesMut};
 use protocol::LeaveReason;
+use protocol::secure::Sealer;
+use protocol::secure::record::sealed_len;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +190,15 @@ impl Writer {
     }
 }
 
+/// How what the writer gathers goes onto the socket.
+pub enum Encoding {
+    /// As it is (Erlang distribution).
+    Plain,
+    /// Sealed into records of the secure channel, continuing the stream the handshake
+    /// started.
+    Sealed(Sealer),
+}
+
 /// Runs until the outbox finishes, the socket fails, the connection falls out of the
 /// history, or `stop` fires. `group` is the history wake-up group to wait in.
 pub async fn run<W: AsyncWrite + Unpin>(
@@ -194,6 +207,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     history: Arc<History>,
     group: usize,
     stop: CancellationToken,
+    mut encoding: Encoding,
 ) {
     let mut writer = Writer {
         pipe: pipe.clone(),
@@ -203,6 +217,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         last: false,
     };
     let mut buffer = BytesMut::new();
+    let mut sealed = BytesMut::new();
     loop {
         // Arm both wake-ups before looking, so that nothing appended or queued while we
         // look is missed.
@@ -219,16 +234,28 @@ pub async fn run<W: AsyncWrite + Unpin>(
             break;
         }
         if !buffer.is_empty() {
+            let out = match &mut encoding {
+                Encoding::Plain => &buffer,
+                Encoding::Sealed(sealer) => {
+                    sealed.reserve(sealed_len(buffer.len()));
+                    if let Err(e) = sealer.seal_stream([&buffer[..]], &mut sealed) {
+                        tracing::error!(error = %e, "cannot seal what is to be sent");
+                        break;
+                    }
+                    &sealed
+                }
+            };
             let written = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                result = socket.write_all(&buffer) => result,
+                result = socket.write_all(out) => result,
             };
             if let Err(e) = written {
                 tracing::debug!(error = %e, "write failed");
                 break;
             }
             buffer.clear();
+            sealed.clear();
         }
         if writer.last && writer.pending.is_empty() {
             // Orderly end: everything is written; send FIN.
@@ -240,6 +267,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         // Idle: hold no buffer while waiting.
         buffer = BytesMut::new();
+        sealed = BytesMut::new();
         let reading = writer.reading.is_some();
         tokio::select! {
             biased;

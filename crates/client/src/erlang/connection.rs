@@ -71,7 +71,7 @@ pub async fn handshake(
                 Err(HandshakeError::Refused(status)) if status == "not_allowed" => {
                     return Err(ConnectError::NotAllowed);
                 }
-                Err(HandshakeError::BadPeerDigest) => return Err(ConnectError::BadServerProof),
+                Err(HandshakeError::BadPeerDigest) => return Err(ConnectError::NotAllowed),
                 Err(other) => return Err(ConnectError::Erlang(other)),
             }
         }

@@ -15,12 +15,11 @@ use chat_client::connect::{self, ConnectError, ServerTarget};
 use chat_client::reconnect::{ReconnectPolicy, Redial};
 use chat_client::session::{JoinOutcome, Output, Session};
 use futures_util::{SinkExt, StreamExt};
-use protocol::handshake::ServerStep;
+use protocol::secure::ServerStep;
 use protocol::{
-    ClientMessage, Cookie, HandshakeMessage, MessageCodec, NodeName, Reply, ServerHandshake,
-    ServerMessage,
+    ClientMessage, Cookie, NodeName, Reply, SecureCodec, ServerHandshake, ServerMessage,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -33,7 +32,7 @@ pub const LIMIT: Duration = Duration::from_secs(5);
 pub const COOKIE: &str = "c";
 
 /// The server's side of a session.
-pub type ServerSide = Framed<TcpStream, MessageCodec<ClientMessage>>;
+pub type ServerSide = Framed<TcpStream, SecureCodec<ClientMessage>>;
 
 /// Records output lines, and lets a test wait for one.
 pub struct Lines(watch::Sender<Vec<String>>);
@@ -96,18 +95,19 @@ pub async fn accept(listener: &TcpListener, cookie: &str) -> Option<ServerSide> 
     let mut preamble = [0u8; 4];
     tcp.read_exact(&mut preamble).await.unwrap();
     assert_eq!(preamble, protocol::PREAMBLE);
-    let mut framed = Framed::new(tcp, MessageCodec::<HandshakeMessage>::new());
+    let mut framed = Framed::new(tcp, protocol::codec::handshake_framing());
     let mut machine = ServerHandshake::new(server_name(), Cookie::new(cookie).unwrap(), 60_000);
     loop {
-        let msg = framed.next().await.unwrap().unwrap();
-        match machine.on_message(msg) {
-            ServerStep::Send(reply) => framed.send(reply).await.unwrap(),
-            ServerStep::Accept { reply, .. } => {
-                framed.send(reply).await.unwrap();
-                return Some(framed.map_codec(|_| MessageCodec::new()));
+        // A client that finds the cookie wrong hangs up without a word.
+        let payload = framed.next().await?.unwrap();
+        match machine.on_frame(&payload) {
+            ServerStep::Send(reply) => framed.get_mut().write_all(&reply).await.unwrap(),
+            ServerStep::Accept { reply, channel, .. } => {
+                framed.get_mut().write_all(&reply).await.unwrap();
+                return Some(framed.map_codec(|_| SecureCodec::new(*channel)));
             }
             ServerStep::Refuse { reply, .. } => {
-                framed.send(reply).await.unwrap();
+                let _ = framed.get_mut().write_all(&reply).await;
                 return None;
             }
         }

@@ -20,7 +20,7 @@
 use bytes::{Buf, BytesMut};
 use md5::{Digest, Md5};
 
-use crate::handshake::Cookie;
+use crate::cookie::Cookie;
 use crate::name::NodeName;
 
 /// Flag bits of the distribution protocol (OTP's `dist.hrl`).
@@ -153,7 +153,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
 /// The cookie digest over `challenge`.
 pub fn digest(cookie: &Cookie, challenge: u32) -> [u8; 16] {
     let mut md5 = Md5::new();
-    md5.update(cookie.key());
+    md5.update(cookie.secret());
     md5.update(challenge.to_string().as_bytes());
     md5.finalize().into()
 }

@@ -27,7 +27,7 @@ use crate::config::ServerConfig;
 use crate::connection::Shared;
 use crate::erlang::link::Link;
 use crate::erlang::message_server::{MessageServer, Stop};
-use crate::writer::{self, Pipe};
+use crate::writer::{self, Encoding, Pipe};
 
 /// Bytes reserved for each read.
 const READ_CHUNK: usize = 4096;
@@ -135,9 +135,14 @@ async fn session(
     // The writer never subscribes to the history: a BEAM node is fed event by event
     // (`Peer::deliver`), so it only writes the link's own queue, in order.
     let history = Arc::clone(&shared.history);
-    shared
-        .tracker
-        .spawn(writer::run(write_half, pipe, history, 0, stop.clone()));
+    shared.tracker.spawn(writer::run(
+        write_half,
+        pipe,
+        history,
+        0,
+        stop.clone(),
+        Encoding::Plain,
+    ));
     let mut server = MessageServer::new(link.clone(), shared);
     let mut frames = Frames {
         socket: read_half,
