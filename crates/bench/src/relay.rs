@@ -1,15 +1,16 @@
 //! The baseline relay: the least a chat server must do, as a yardstick for `chat-server`.
 //!
-//! Same framing as the real protocol (4-byte big-endian length + bincode through
-//! `protocol::codec`), and nothing else:
+//! Same framing and messages as the real protocol (4-byte big-endian length + bincode, read
+//! and written by [`crate::wire`] without a `String` per field), and nothing else:
 //! - no preamble and no handshake: a connection's first bytes are its first frame;
 //! - no registry and no validation: no nick rules, no rate limit, no liveness ticks;
 //! - a `Join` is answered with `Reply::Joined` listing the joiner alone (no member list),
 //!   and `Joined` is broadcast to everyone already in the room;
 //! - a `Say` is encoded once as a `ServerMessage::Event` and the same `Bytes` pushed
 //!   (`try_send`) to every other member's bounded queue; a full queue closes that member;
-//! - each connection has a reader task and a writer task; the writer writes everything
-//!   queued in one syscall;
+//! - each connection has a reader task and a writer task; the writer copies everything
+//!   queued into one contiguous buffer and writes it with one syscall (the way a server
+//!   that encrypts records must batch anyway);
 //! - an idle connection holds no buffers: the reader reads into a stack buffer and keeps
 //!   only an incomplete frame's bytes, the writer drops a batch buffer that grew.
 //!
@@ -23,13 +24,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use protocol::codec::{self, HEADER_LEN, MAX_FRAME_LEN};
-use protocol::{ClientMessage, Event, EventKind, Reply, ServerMessage};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::wire::{self, ClientFrame};
 
 /// Largest batch a writer gathers before writing, in bytes.
 const MAX_BATCH: usize = 256 * 1024;
@@ -159,7 +160,7 @@ struct Session<'a> {
     room: &'a Room,
     queue: mpsc::Sender<Bytes>,
     stop: CancellationToken,
-    nick: Option<String>,
+    nick: Option<Vec<u8>>,
     /// Bytes of an incomplete frame, kept between reads.
     pending: BytesMut,
 }
@@ -213,79 +214,74 @@ impl Session<'_> {
     /// `None` on a protocol error.
     fn frames(&mut self, data: &[u8]) -> Option<usize> {
         let mut at = 0;
-        while let Some(header) = data.get(at..at + HEADER_LEN) {
-            let mut len_bytes = [0u8; HEADER_LEN];
-            len_bytes.copy_from_slice(header);
-            let len = u32::from_be_bytes(len_bytes) as usize;
-            if len > MAX_FRAME_LEN {
-                tracing::debug!(len, "frame too long; closing");
-                return None;
-            }
-            let Some(payload) = data.get(at + HEADER_LEN..at + HEADER_LEN + len) else {
-                break;
-            };
-            match codec::decode::<ClientMessage>(payload) {
-                Ok(message) => self.on_message(message),
+        loop {
+            match wire::split_frame(&data[at..]) {
+                Ok(Some((payload, used))) => {
+                    match wire::parse_client(payload) {
+                        Ok(message) => self.on_message(message),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bad frame; closing");
+                            return None;
+                        }
+                    }
+                    at += used;
+                }
+                Ok(None) => return Some(at),
                 Err(e) => {
                     tracing::debug!(error = %e, "bad frame; closing");
                     return None;
                 }
             }
-            at += HEADER_LEN + len;
         }
-        Some(at)
     }
 
-    fn on_message(&mut self, message: ClientMessage) {
+    fn on_message(&mut self, message: ClientFrame<'_>) {
         match message {
-            ClientMessage::Say { text } => {
-                let Some(from) = self.nick.clone() else {
+            ClientFrame::Say(text) => {
+                let Some(from) = &self.nick else {
                     return;
                 };
-                let kind = EventKind::Message { from, text };
-                if let Some(frame) = self.event(kind) {
-                    self.room.broadcast(self.id, &frame);
-                }
+                let mut frame = Vec::with_capacity(16 + from.len() + text.len());
+                wire::event_message(&mut frame, self.room.next_seq(), from, text);
+                self.room.broadcast(self.id, &Bytes::from(frame));
             }
-            ClientMessage::Join { nick } => {
+            ClientFrame::Join(nick) => {
                 if self.nick.is_some() {
                     return;
                 }
-                let users = vec![nick.clone()];
-                self.push(&ServerMessage::Reply(Reply::Joined { users, more: 0 }));
-                let Some(frame) = self.event(EventKind::Joined { nick: nick.clone() }) else {
-                    return;
-                };
+                let mut reply = Vec::new();
+                wire::reply_joined_alone(&mut reply, nick);
+                self.push(reply);
+                let mut frame = Vec::new();
+                wire::event_joined(&mut frame, self.room.next_seq(), nick);
                 let member = Member {
                     id: self.id,
                     queue: self.queue.clone(),
                     stop: self.stop.clone(),
                 };
-                self.room.join(member, &frame);
-                self.nick = Some(nick);
+                self.room.join(member, &Bytes::from(frame));
+                self.nick = Some(nick.to_vec());
             }
-            ClientMessage::Leave => {
+            ClientFrame::Leave => {
                 if self.nick.take().is_some() {
                     self.room.remove_keeping(self.id);
-                    self.push(&ServerMessage::Reply(Reply::Left));
+                    let mut reply = Vec::new();
+                    wire::reply_left(&mut reply);
+                    self.push(reply);
                 }
             }
-            ClientMessage::Ping => self.push(&ServerMessage::Pong),
-            ClientMessage::Pong | ClientMessage::Private { .. } | ClientMessage::ListUsers => {}
+            ClientFrame::Ping => {
+                let mut pong = Vec::new();
+                wire::server_pong(&mut pong);
+                self.push(pong);
+            }
+            ClientFrame::Ignored => {}
         }
     }
 
-    /// Encodes a room event with the next sequence number.
-    fn event(&self, kind: EventKind) -> Option<Bytes> {
-        let seq = self.room.next_seq();
-        codec::encode_frame(&ServerMessage::Event(Event { seq, kind })).ok()
-    }
-
-    /// Queues a message for this connection alone.
-    fn push(&self, message: &ServerMessage) {
-        if let Ok(frame) = codec::encode_frame(message)
-            && self.queue.try_send(frame).is_err()
-        {
+    /// Queues a frame for this connection alone.
+    fn push(&self, frame: Vec<u8>) {
+        if self.queue.try_send(Bytes::from(frame)).is_err() {
             self.stop.cancel();
         }
     }
