@@ -12,7 +12,8 @@
 //!
 //! A thread that waits with senders blocked on the window says so (`parked`); whoever
 //! completes one of its messages wakes it. The order (flag, then re-check; count, then
-//! look at the flag, both sequentially consistent) means no wake-up is lost.
+//! look at the flag, both sequentially consistent) means no wake-up is lost, and a wait
+//! never exceeds [`MAX_WAIT`] anyway.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -336,6 +337,8 @@ impl Worker {
             let door = &self.shared.doors[self.id];
             if timeout != Some(Duration::ZERO) {
                 door.parked.store(true, Ordering::SeqCst);
+                // The flag must be visible before the re-check reads the window.
+                std::sync::atomic::fence(Ordering::SeqCst);
             }
             // Re-check after announcing: work that arrived before the flag was seen
             // would not wake us.

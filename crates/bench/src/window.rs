@@ -8,11 +8,12 @@
 //! operation per message touched ([`Receipts::flush`]), so at N=1000 a message costs its
 //! sender's slot about one atomic operation per thread, not a thousand contended ones.
 //!
-//! Each receiver sees a sender's messages in order and a thread applies its receipts in
-//! the order it saw them, so a message completes only after every earlier message of its
-//! sender has been counted to zero: a sender whose `sent - completed` is below W always
-//! finds its next slot free. A slot found busy (or counted below zero) is a *conflict*,
-//! which only loss, duplication or reordering can cause.
+//! A sender may send its next message when that message's slot is free (counted down to
+//! zero by the message that used it W messages earlier), so the window holds whatever
+//! order the receipts are applied in: messages of one sender can complete out of order
+//! when a round's receipts are applied slot by slot. A slot found busy when armed (or
+//! counted below zero) is a *conflict*, which only loss, duplication or reordering can
+//! cause.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -56,10 +57,19 @@ impl Window {
         (u64::from(sender) * self.width + seq % self.width) as usize
     }
 
-    /// Messages `sender` may send now, having sent `sent` so far.
-    pub fn free(&self, sender: u32, sent: u64) -> u64 {
-        let done = self.completed[sender as usize].get();
-        self.width.saturating_sub(sent.saturating_sub(done))
+    /// Messages `sender` may send now, its next being `next_seq`: how many slots from
+    /// that message's on are free.
+    pub fn free(&self, sender: u32, next_seq: u64) -> u64 {
+        let mut free = 0;
+        while free < self.width
+            && self.slots[self.slot_of(sender, next_seq + free)]
+                .0
+                .load(Ordering::Acquire)
+                == 0
+        {
+            free += 1;
+        }
+        free
     }
 
     /// Marks message `seq` of `sender` as in flight; called before it is sent.
@@ -164,6 +174,24 @@ mod tests {
         assert_eq!(done, [1]);
         assert_eq!(window.completed(), 1);
         assert_eq!(window.free(1, 1), 4);
+        assert_eq!(window.conflicts(), 0);
+    }
+
+    #[test]
+    fn a_sender_waits_for_the_slot_of_its_next_message_only() {
+        let window = Window::new(1, 2, 1);
+        window.arm(0, 0);
+        window.arm(0, 1);
+        assert_eq!(window.free(0, 2), 0);
+        // Message 1 completes before message 0: message 2 (slot of 0) must still wait.
+        let mut receipts = Receipts::new(window.slots());
+        receipts.add(window.slot_of(0, 1));
+        receipts.flush(&window, |_| {});
+        assert_eq!(window.free(0, 2), 0);
+        receipts.add(window.slot_of(0, 0));
+        receipts.flush(&window, |_| {});
+        assert_eq!(window.free(0, 2), 2);
+        assert_eq!(window.completed(), 2);
         assert_eq!(window.conflicts(), 0);
     }
 

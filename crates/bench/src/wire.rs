@@ -89,6 +89,7 @@ fn end_frame(out: &mut [u8], start: usize) {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
         let (&first, rest) = self.0.split_first().ok_or(WireError::Malformed)?;
         self.0 = rest;
@@ -106,6 +107,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(le))
     }
 
+    #[inline(always)]
     fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let len = usize::try_from(self.varint()?).map_err(|_| WireError::Malformed)?;
         let (bytes, rest) = self.0.split_at_checked(len).ok_or(WireError::Malformed)?;
@@ -259,6 +261,7 @@ pub enum ServerFrame<'a> {
 }
 
 /// Reads a server payload (without its header).
+#[inline]
 pub fn parse_server(payload: &[u8]) -> Result<ServerFrame<'_>, WireError> {
     let mut r = Reader(payload);
     let frame = match r.varint()? {
