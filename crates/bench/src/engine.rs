@@ -31,7 +31,7 @@ use crate::frames::Frames;
 use crate::probe::{self, Probe};
 use crate::run::RunState;
 use crate::session::Channel;
-use crate::stats;
+use crate::stats::{self, LatencyCounts};
 use crate::window::Receipts;
 use crate::wire::{self, ServerFrame, WireError};
 
@@ -268,8 +268,8 @@ struct Check {
 
 /// A thread's counters, published or merged at the end.
 struct Tally {
-    latency: Histogram<u64>,
-    send_lag: Histogram<u64>,
+    latency: LatencyCounts,
+    send_lag: LatencyCounts,
     deliveries: u64,
     joined_events: u64,
     gaps: u64,
@@ -311,8 +311,8 @@ impl Worker {
             text: Vec::new(),
             receipts: Receipts::new(slots),
             tally: Tally {
-                latency: stats::new_histogram(),
-                send_lag: stats::new_histogram(),
+                latency: LatencyCounts::default(),
+                send_lag: LatencyCounts::default(),
                 deliveries: 0,
                 joined_events: 0,
                 gaps: 0,
@@ -705,9 +705,7 @@ impl Worker {
             conn.channel.seal(&mut conn.out, mark);
             conn.send_seq += 1;
             run.sent[sender as usize].set(conn.send_seq);
-            self.tally
-                .send_lag
-                .saturating_record(now.saturating_sub(due_ns).max(1));
+            self.tally.send_lag.record(now.saturating_sub(due_ns));
             touched.push(key);
         }
         touched.dedup();
@@ -729,8 +727,8 @@ impl Worker {
         run.joined_events[self.id].set(self.tally.joined_events);
         Outcome {
             expected,
-            latency: self.tally.latency,
-            send_lag: self.tally.send_lag,
+            latency: self.tally.latency.into_histogram(),
+            send_lag: self.tally.send_lag.into_histogram(),
             gaps: self.tally.gaps,
             reorders: self.tally.reorders,
             malformed: self.tally.malformed,
@@ -759,7 +757,7 @@ fn handle(
             };
             tally
                 .latency
-                .saturating_record(received_ns.saturating_sub(probe.sent_ns).max(1));
+                .record(received_ns.saturating_sub(probe.sent_ns));
             tally.deliveries += 1;
             if check.expected.is_empty() {
                 check.expected = vec![0; run.senders];

@@ -39,7 +39,7 @@ use crate::wire::{self, ClientFrame};
 
 /// Capacity a queue starts a batch with, so that a batch of small frames grows by few
 /// reallocations.
-const BATCH_START: usize = 4096;
+const BATCH_START: usize = 1024;
 
 /// Bytes read per `read` syscall (on the reader's stack, never kept).
 const READ_CHUNK: usize = 16 * 1024;

@@ -93,18 +93,24 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, WireError> {
         let (&first, rest) = self.0.split_first().ok_or(WireError::Malformed)?;
         self.0 = rest;
-        let width = match first {
-            0..=250 => return Ok(u64::from(first)),
-            251 => 2,
-            252 => 4,
-            253 => 8,
+        // Fixed-size reads (not a copy of `width` bytes): this runs for every delivery.
+        Ok(match first {
+            0..=250 => u64::from(first),
+            251 => u64::from(u16::from_le_bytes(self.array()?)),
+            252 => u64::from(u32::from_le_bytes(self.array()?)),
+            253 => u64::from_le_bytes(self.array()?),
             _ => return Err(WireError::Malformed),
-        };
-        let (bytes, rest) = self.0.split_at_checked(width).ok_or(WireError::Malformed)?;
+        })
+    }
+
+    #[inline(always)]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let (bytes, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(WireError::Malformed)?;
         self.0 = rest;
-        let mut le = [0u8; 8];
-        le[..width].copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(le))
+        Ok(*bytes)
     }
 
     #[inline(always)]
