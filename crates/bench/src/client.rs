@@ -90,17 +90,16 @@ async fn join(endpoint: &Endpoint, index: usize) -> Result<Handover, JoinError> 
     let mut answer = None;
     let mut after = Vec::new();
     let mut pongs = 0usize;
-    let mut first = true;
+    // Bytes that came with the handshake's last frame are handled before the first read.
+    let mut read_first = wire_buf.is_empty();
     loop {
-        if !first || wire_buf.is_empty() {
-            let before = wire_buf.len();
+        if read_first {
             wire_buf.reserve(16 * 1024);
             if stream.read_buf(&mut wire_buf).await? == 0 {
                 return Err(JoinError::Closed);
             }
-            debug_assert!(wire_buf.len() > before);
         }
-        first = false;
+        read_first = true;
         let used = channel.open(&mut wire_buf, |payload_stream| {
             frames.feed(payload_stream, |payload| {
                 if answer.is_some() {
