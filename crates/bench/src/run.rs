@@ -136,9 +136,14 @@ pub async fn join_clients(
                     return Ok::<_, anyhow::Error>(latency);
                 }
                 let started = Instant::now();
-                let joined = client::connect_and_join(&endpoint, index)
-                    .await
-                    .with_context(|| format!("client {index} could not join"))?;
+                let joined = match client::connect_and_join(&endpoint, index).await {
+                    Ok(joined) => joined,
+                    Err(e) => {
+                        // No new joins once one has failed: the run is lost anyway.
+                        next.store(count, Ordering::Relaxed);
+                        return Err(e).with_context(|| format!("client {index} could not join"));
+                    }
+                };
                 let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 latency.saturating_record(took.max(1));
                 listed.fetch_add(joined.members.saturating_sub(1), Ordering::Relaxed);
