@@ -35,6 +35,9 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident set size (`VmHWM`).
     pub peak_kib: u64,
+    /// Resident anonymous memory (`RssAnon`): the heap and stacks, without the program's
+    /// code pages.
+    pub anon_kib: u64,
 }
 
 /// Reads `VmRSS` and `VmHWM` of `pid`; panics if the process is gone.
@@ -52,6 +55,7 @@ pub fn memory(pid: u32) -> Memory {
     Memory {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
     }
 }
 
@@ -174,6 +178,28 @@ impl AsyncRaw {
         Ok(())
     }
 
+    /// Closes the connection with a TCP reset (SO_LINGER 0), as a crashed host or a cut
+    /// link would look to the server, rather than an orderly close.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.rd.as_ref().as_raw_fd();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads `linger` (valid for its size) on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(self);
+    }
+
     /// Closes the write side (the server reads EOF) and keeps reading possible.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         self.wr.shutdown().await
@@ -219,6 +245,7 @@ impl AsyncRaw {
     pub async fn join(&mut self, nick: &str) -> Result<Reply, String> {
         self.send(&ClientMessage::Join {
             nick: nick.to_string(),
+            backlog: 0,
         })
         .await
         .map_err(|e| e.to_string())?;

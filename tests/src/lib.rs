@@ -34,6 +34,8 @@
 //!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
 //!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
 //!   finish the handshake.
+//! - [`crowd`]: thousands of raw members in one runtime, each draining its socket and
+//!   keeping a compact log of what it saw (the scale tests).
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
 //!   killing processes by command line (the detached port mapper).
 //!
@@ -50,6 +52,7 @@ use std::time::Duration;
 
 pub mod bins;
 pub mod chaos;
+pub mod crowd;
 pub mod net;
 pub mod nodes;
 pub mod process;

@@ -200,6 +200,7 @@ impl RawClient {
     #[track_caller]
     pub fn say(&mut self, text: &str) {
         self.send(&ClientMessage::Say {
+            id: 0,
             text: text.to_string(),
         });
     }
@@ -209,6 +210,7 @@ impl RawClient {
     pub fn join(&mut self, nick: &str) -> Reply {
         self.send(&ClientMessage::Join {
             nick: nick.to_string(),
+            backlog: 0,
         });
         self.expect_reply()
     }

@@ -116,6 +116,7 @@ fn a_flood_is_throttled_then_dropped_while_a_bystander_pair_keeps_talking() {
             let talk = async {
                 for i in 0..pair_messages {
                     ann.send(&ClientMessage::Say {
+                        id: 0,
                         text: format!("pair {i:04}"),
                     })
                     .await
@@ -160,6 +161,7 @@ fn a_flood_is_throttled_then_dropped_while_a_bystander_pair_keeps_talking() {
         let mut sent = 0u64;
         for i in 0..says {
             let msg = ClientMessage::Say {
+                id: 0,
                 text: format!("flood {i:06}"),
             };
             if flooder.send(&msg).await.is_err() {
@@ -342,7 +344,7 @@ async fn outcome(raw: &mut AsyncRaw) -> Outcome {
 /// A Say frame whose text is `len` bytes of invalid UTF-8.
 fn say_with_invalid_utf8(len: usize) -> Vec<u8> {
     let text = "a".repeat(len);
-    let frame = protocol::codec::encode_frame(&ClientMessage::Say { text }).unwrap();
+    let frame = protocol::codec::encode_frame(&ClientMessage::Say { id: 0, text }).unwrap();
     let mut bytes = frame.to_vec();
     let n = bytes.len();
     for b in &mut bytes[n - len..] {
@@ -417,6 +419,7 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
                 .await
                 .unwrap();
             let frame = protocol::codec::encode_frame(&ClientMessage::Say {
+                id: 0,
                 text: "cut short".into(),
             })
             .unwrap();
@@ -459,9 +462,12 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
                 "SeRvEr".into(),
             ] {
                 let out = {
-                    raw.send(&ClientMessage::Join { nick: bad.clone() })
-                        .await
-                        .unwrap();
+                    raw.send(&ClientMessage::Join {
+                        nick: bad.clone(),
+                        backlog: 0,
+                    })
+                    .await
+                    .unwrap();
                     outcome(&mut raw).await
                 };
                 assert!(
@@ -476,6 +482,7 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
             }
             assert!(matches!(raw.join(&nick).await, Ok(Reply::Joined { .. })));
             raw.send(&ClientMessage::Say {
+                id: 0,
                 text: "t".repeat(4097),
             })
             .await
@@ -486,6 +493,7 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
                 "4097-byte text: {out:?}"
             );
             raw.send(&ClientMessage::Say {
+                id: 0,
                 text: "bell\u{7}".into(),
             })
             .await
@@ -638,6 +646,7 @@ fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed()
             for _ in 0..8 {
                 talker
                     .send(&ClientMessage::Say {
+                        id: 0,
                         text: format!("msg {sent:06} {padding}"),
                     })
                     .await
@@ -646,6 +655,7 @@ fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed()
             }
             let t0 = Instant::now();
             bob.send(&ClientMessage::Say {
+                id: 0,
                 text: format!("bob {first}"),
             })
             .await
@@ -796,7 +806,7 @@ async fn churn_slot(
                     Err(e) => panic!("{nick}: {e}"),
                 },
                 () = tokio::time::sleep_until(next_say), if next_say < stop_at => {
-                    raw.send(&ClientMessage::Say { text: format!("{nick} {}", s.said) })
+                    raw.send(&ClientMessage::Say { id: 0, text: format!("{nick} {}", s.said) })
                         .await
                         .unwrap_or_else(|e| panic!("{nick}: cannot say: {e}"));
                     s.said += 1;
@@ -965,7 +975,10 @@ fn e_churn_loses_nothing_and_the_registry_ends_exact() {
             end.notify_waiters();
             if !said_end {
                 ender
-                    .send(&ClientMessage::Say { text: "END".into() })
+                    .send(&ClientMessage::Say {
+                        id: 0,
+                        text: "END".into(),
+                    })
                     .await
                     .unwrap();
                 said_end = true;
@@ -1205,6 +1218,7 @@ fn g_sigterm_does_not_wait_on_a_reader_that_never_reads() {
         for i in 0..messages {
             talker
                 .send(&ClientMessage::Say {
+                    id: 0,
                     text: format!("big {i} {padding}"),
                 })
                 .await

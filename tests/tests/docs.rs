@@ -79,6 +79,9 @@ fn the_limits_tables_defaults_are_the_servers() {
         ("--max-text", "4096", "4096 bytes"),
         ("--send-queue", "1024", "1024 frames"),
         ("--send-queue-bytes", "4194304", "4 MiB per connection"),
+        ("--history", "10000", "10,000 events"),
+        ("--history-bytes", "16777216", "16 MiB"),
+        ("--resume-window", "120", "for 120 s"),
         ("--rate", "10", "10 messages/s"),
         ("--burst", "20", "bursts of 20"),
     ] {

@@ -333,6 +333,7 @@ fn a_raw_flooder_gets_slow_down_replies_then_is_disconnected() {
     let mut sent = 0;
     for i in 0..2000 {
         let msg = ClientMessage::Say {
+            id: 0,
             text: format!("raw flood {i}"),
         };
         if flooder.try_send(&msg, WAIT).is_err() {
@@ -368,15 +369,19 @@ fn texts_that_break_the_rules_are_refused_and_reach_nobody() {
     let too_long = format!("long {}", "y".repeat(200));
     let refused = [
         ClientMessage::Say {
+            id: 0,
             text: too_long.clone(),
         },
         ClientMessage::Say {
+            id: 0,
             text: "clear the screen \u{1b}[2J now".into(),
         },
         ClientMessage::Say {
+            id: 0,
             text: "fake line\nserver@localhost> * ann has left *".into(),
         },
         ClientMessage::Private {
+            id: 0,
             to: "bob".into(),
             text: "bell \u{7} private".into(),
         },
@@ -422,6 +427,7 @@ fn calls_before_joining_are_answered_not_joined() {
     raw.say("not in the room yet");
     assert_eq!(raw.expect_reply(), Reply::NotJoined);
     raw.send(&ClientMessage::Private {
+        id: 0,
         to: "ann".into(),
         text: "psst from outside".into(),
     });

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::frames::Frames;
 use crate::session::{self, Channel, Endpoint, SessionError};
-use crate::wire::{self, ServerFrame, WireError};
+use crate::wire::{self, Layout, ServerFrame, WireError};
 
 /// Time allowed for connect, handshake and join together. Generous, because joining
 /// thousands of clients keeps the server busy with join broadcasts.
@@ -46,6 +46,8 @@ pub struct Handover {
     pub stream: std::net::TcpStream,
     /// The session's transform.
     pub channel: Channel,
+    /// The generation of session messages spoken.
+    pub layout: Layout,
     /// Bytes read from the socket but not yet through the channel.
     pub wire_pending: Vec<u8>,
     /// Plaintext after the join's answer: whole frames, then any partial one.
@@ -61,9 +63,46 @@ pub fn nick(index: usize) -> String {
 
 /// Connects client `index`, sets up its session and joins, within [`JOIN_TIMEOUT`].
 pub async fn connect_and_join(endpoint: &Endpoint, index: usize) -> Result<Handover, JoinError> {
-    tokio::time::timeout(JOIN_TIMEOUT, join(endpoint, index))
+    tokio::time::timeout(JOIN_TIMEOUT, join(endpoint, index, &nick(index)))
         .await
         .map_err(|_| JoinError::Timeout)?
+}
+
+/// Finds out which generation of session messages the server at `endpoint` speaks (its
+/// `layout` is ignored): joins as `layout-probe` with the current layout, and with the
+/// original one if the server refuses that as a protocol error; then leaves. Only the
+/// probe's join and departure reach the room, before any bench client is in it.
+pub async fn detect_layout(endpoint: &Endpoint) -> Result<Layout, JoinError> {
+    for layout in [Layout::Sessions, Layout::Original] {
+        let probe = Endpoint {
+            layout,
+            ..endpoint.clone()
+        };
+        let joined = tokio::time::timeout(JOIN_TIMEOUT, join(&probe, 0, "layout-probe"))
+            .await
+            .map_err(|_| JoinError::Timeout)?;
+        match joined {
+            Ok(handover) => {
+                let mut out = Vec::new();
+                let mut channel = handover.channel;
+                let mark = channel.begin(&mut out);
+                wire::leave(&mut out);
+                channel.seal(&mut out, mark);
+                let mut stream = handover.stream;
+                std::io::Write::write_all(&mut stream, &out)?;
+                return Ok(layout);
+            }
+            // A server of the other generation closes on the join as a protocol error.
+            Err(JoinError::Closed | JoinError::Closing(_)) => continue,
+            Err(JoinError::Io(e) | JoinError::Session(SessionError::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(JoinError::Closed)
 }
 
 /// What the join's reader found.
@@ -73,7 +112,8 @@ enum Answer {
     Closing(u64),
 }
 
-async fn join(endpoint: &Endpoint, index: usize) -> Result<Handover, JoinError> {
+async fn join(endpoint: &Endpoint, index: usize, nick: &str) -> Result<Handover, JoinError> {
+    let layout = endpoint.layout;
     let session::Established {
         mut stream,
         mut channel,
@@ -81,7 +121,7 @@ async fn join(endpoint: &Endpoint, index: usize) -> Result<Handover, JoinError> 
     } = session::establish(endpoint, index).await?;
     let mut out = Vec::new();
     let mark = channel.begin(&mut out);
-    wire::join(&mut out, &nick(index));
+    wire::join(&mut out, layout, nick);
     channel.seal(&mut out, mark);
     stream.write_all(&out).await?;
 
@@ -108,7 +148,7 @@ async fn join(endpoint: &Endpoint, index: usize) -> Result<Handover, JoinError> 
                     after.extend_from_slice(payload);
                     return Ok(());
                 }
-                match wire::parse_server(payload)? {
+                match wire::parse_server(payload, layout)? {
                     ServerFrame::JoinedReply { listed, more } => {
                         answer = Some(Answer::Joined(listed + more));
                     }
@@ -144,6 +184,7 @@ async fn join(endpoint: &Endpoint, index: usize) -> Result<Handover, JoinError> 
                     index,
                     stream,
                     channel,
+                    layout,
                     wire_pending: wire_buf,
                     plain_pending: after,
                     members,

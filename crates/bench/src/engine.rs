@@ -33,7 +33,7 @@ use crate::run::RunState;
 use crate::session::Channel;
 use crate::stats::{self, LatencyCounts};
 use crate::window::Receipts;
-use crate::wire::{self, ServerFrame, WireError};
+use crate::wire::{self, Layout, ServerFrame, WireError};
 
 /// Bytes asked for per read.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -248,6 +248,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Conn {
     stream: TcpStream,
     channel: Channel,
+    layout: Layout,
     wire_pending: Vec<u8>,
     frames: Frames,
     check: Check,
@@ -457,6 +458,7 @@ impl Worker {
         let mut conn = Conn {
             stream,
             channel: client.channel,
+            layout: client.layout,
             wire_pending: client.wire_pending,
             frames: Frames::default(),
             check: Check {
@@ -475,9 +477,11 @@ impl Worker {
         }
         // Frames that arrived with the join's answer, as if just read.
         let now = self.shared.run.now_ns();
+        let layout = conn.layout;
         let fed = conn.frames.feed(&client.plain_pending, |payload| {
             handle(
                 payload,
+                layout,
                 &mut conn.check,
                 &mut self.tally,
                 &mut self.receipts,
@@ -530,15 +534,17 @@ impl Worker {
             let received_ns = self.shared.run.now_ns();
             let Conn {
                 channel,
+                layout,
                 frames,
                 check,
                 wire_pending,
                 ..
             } = &mut *conn;
+            let layout = *layout;
             let (tally, receipts, shared) = (&mut self.tally, &mut self.receipts, &self.shared);
             let opened = channel.open(&mut self.buf[..len], |plain| {
                 frames.feed(plain, |payload| {
-                    handle(payload, check, tally, receipts, shared, received_ns)
+                    handle(payload, layout, check, tally, receipts, shared, received_ns)
                 })
             });
             match opened {
@@ -669,7 +675,7 @@ impl Worker {
                     sent_ns: now,
                 };
                 probe::write(&mut self.text, probe, text_len);
-                wire::say(&mut conn.out, &self.text);
+                wire::say(&mut conn.out, conn.layout, &self.text);
                 conn.send_seq += 1;
             }
             conn.channel.seal(&mut conn.out, mark);
@@ -701,7 +707,7 @@ impl Worker {
             };
             probe::write(&mut self.text, probe, text_len);
             let mark = conn.channel.begin(&mut conn.out);
-            wire::say(&mut conn.out, &self.text);
+            wire::say(&mut conn.out, conn.layout, &self.text);
             conn.channel.seal(&mut conn.out, mark);
             conn.send_seq += 1;
             run.sent[sender as usize].set(conn.send_seq);
@@ -740,6 +746,7 @@ impl Worker {
 /// Checks one server frame received by `check`'s client at `received_ns`.
 fn handle(
     payload: &[u8],
+    layout: Layout,
     check: &mut Check,
     tally: &mut Tally,
     receipts: &mut Receipts,
@@ -747,7 +754,7 @@ fn handle(
     received_ns: u64,
 ) -> Result<(), WireError> {
     let run = &shared.run;
-    match wire::parse_server(payload) {
+    match wire::parse_server(payload, layout) {
         Ok(ServerFrame::Message { text, .. }) => {
             let Some(probe) = probe::read(text)
                 .filter(|p| (p.sender as usize) < run.senders && p.sender != check.index)

@@ -70,7 +70,7 @@ mod tests {
             .map(|i| vec![b'a' + (i % 26) as u8; i * 7])
             .collect();
         for text in &texts {
-            wire::say(&mut stream, text);
+            wire::say(&mut stream, wire::Layout::CURRENT, text);
         }
         for cut in [1, 2, 3, 5, 64, 1000, stream.len()] {
             let mut frames = Frames::default();

@@ -23,7 +23,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::affinity;
+use crate::client;
 use crate::session::{Dialect, Endpoint};
+use crate::wire::Layout;
 
 /// Time a child has to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -191,6 +193,7 @@ impl Launcher {
                         endpoint: Endpoint {
                             addr: external.addr,
                             dialect: Dialect::CURRENT,
+                            layout: Layout::CURRENT,
                             server_name: external.name.to_string(),
                             cookie: external.cookie,
                         },
@@ -202,7 +205,8 @@ impl Launcher {
                 }
                 None => {
                     let bin = self.config.server_bin.clone();
-                    self.start_server(&bin, Dialect::CURRENT, cpus).await
+                    self.start_server(&bin, Dialect::CURRENT, Some(Layout::CURRENT), cpus)
+                        .await
                 }
             },
             TargetKind::Baseline => {
@@ -211,7 +215,8 @@ impl Launcher {
                     .baseline_bin
                     .clone()
                     .context("no --baseline-server given")?;
-                self.start_server(&bin, Dialect::V1, cpus).await
+                // An older build may predate sessions: ask it which messages it speaks.
+                self.start_server(&bin, Dialect::V1, None, cpus).await
             }
             TargetKind::Relay => self.start_relay(cpus).await,
         }
@@ -238,6 +243,7 @@ impl Launcher {
         &mut self,
         bin: &Path,
         dialect: Dialect,
+        layout: Option<Layout>,
         cpus: Option<libc::cpu_set_t>,
     ) -> Result<Running> {
         let mapper_port = self.mapper_port().await?;
@@ -270,13 +276,21 @@ impl Launcher {
         let port = parse_port(&line, &prefix)?;
         let pid = guard.0.id();
         tracing::debug!(%name, port, ?pid, log = %log.display(), "server started");
+        let mut endpoint = Endpoint {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            dialect,
+            layout: layout.unwrap_or(Layout::CURRENT),
+            server_name: name.to_string(),
+            cookie: self.cookie.clone(),
+        };
+        if layout.is_none() {
+            endpoint.layout = client::detect_layout(&endpoint)
+                .await
+                .with_context(|| format!("cannot tell which messages {} speaks", bin.display()))?;
+            tracing::info!(layout = ?endpoint.layout, bin = %bin.display(), "baseline server's messages");
+        }
         Ok(Running {
-            endpoint: Endpoint {
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                dialect,
-                server_name: name.to_string(),
-                cookie: self.cookie.clone(),
-            },
+            endpoint,
             pid,
             log: Some(log),
             fresh_room: true,
@@ -302,6 +316,7 @@ impl Launcher {
             endpoint: Endpoint {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                 dialect: Dialect::Relay,
+                layout: Layout::CURRENT,
                 server_name: String::new(),
                 cookie: String::new(),
             },

@@ -302,7 +302,8 @@ impl Session<'_> {
                     return;
                 }
                 let mut reply = Vec::new();
-                wire::reply_joined_alone(&mut reply, nick);
+                let seq = self.room.seq.load(Ordering::Relaxed);
+                wire::reply_joined_alone(&mut reply, nick, self.id, seq);
                 self.push(reply);
                 let mut frame = Vec::new();
                 wire::event_joined(&mut frame, self.room.next_seq(), nick);

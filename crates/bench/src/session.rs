@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::legacy;
-use crate::wire::{self, WireError};
+use crate::wire::{self, Layout, WireError};
 
 /// How a target opens a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +46,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The opening it expects.
     pub dialect: Dialect,
+    /// The generation of session messages it speaks.
+    pub layout: Layout,
     /// The server's node name (the handshake's `to`); unused by the relay.
     pub server_name: String,
     /// The shared cookie; unused by the relay.
@@ -57,6 +59,7 @@ impl std::fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("addr", &self.addr)
             .field("dialect", &self.dialect)
+            .field("layout", &self.layout)
             .field("server_name", &self.server_name)
             .field("cookie", &"<redacted>")
             .finish()

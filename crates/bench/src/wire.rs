@@ -2,7 +2,9 @@
 //! sends, and server messages read by borrowing from the frame, never allocating.
 //!
 //! The layout is the native protocol's (version 1, and the plaintext inside version 2's
-//! records): a 4-byte big-endian length, then a bincode payload in bincode's standard
+//! records) in two generations ([`Layout`]): the original messages, and those with
+//! sessions (join backlog, message ids, a session ticket in the join's answer). A frame
+//! is a 4-byte big-endian length, then a bincode payload in bincode's standard
 //! configuration, which writes integers and enum variant indices as varints (one byte
 //! below 251; else a marker byte 251/252/253 and a little-endian u16/u32/u64) and strings
 //! as a varint length and the bytes. The bench reads only what it checks (event kind,
@@ -16,6 +18,23 @@ pub const HEADER_LEN: usize = 4;
 
 /// Largest payload the bench accepts (the protocol's limit, 64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Which generation of the session messages a server speaks (both open with `EXM\x01`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Before sessions: `Join { nick }`, `Say { text }`, `Joined { users, more }`.
+    Original,
+    /// With sessions: `Join { nick, backlog }`, `Say { id, text }`, and `Joined` also
+    /// carries a session ticket, the room's epoch and sequence number and the flood
+    /// limits. The bench joins with backlog 0 and says with id 0 (not acknowledged).
+    Sessions,
+}
+
+impl Layout {
+    /// What the `protocol` crate of this tree speaks (and the relay).
+    pub const CURRENT: Layout = Layout::Sessions;
+}
 
 /// Why a frame could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +157,7 @@ const CLIENT_PRIVATE: u64 = 3;
 const CLIENT_LIST_USERS: u64 = 4;
 const CLIENT_PING: u64 = 5;
 const CLIENT_PONG: u64 = 6;
+const CLIENT_RESUME: u64 = 7;
 
 const SERVER_REPLY: u64 = 0;
 const SERVER_EVENT: u64 = 1;
@@ -152,20 +172,33 @@ const EVENT_MESSAGE: u64 = 0;
 const EVENT_JOINED: u64 = 2;
 const EVENT_LEFT: u64 = 3;
 
-/// Appends a client `Join { nick }` frame.
-pub fn join(out: &mut Vec<u8>, nick: &str) {
+/// Appends a client `Join` frame for `nick` (asking for no backlog).
+pub fn join(out: &mut Vec<u8>, layout: Layout, nick: &str) {
     let start = begin_frame(out);
     put_varint(out, CLIENT_JOIN);
     put_bytes(out, nick.as_bytes());
+    if layout == Layout::Sessions {
+        put_varint(out, 0);
+    }
     end_frame(out, start);
 }
 
-/// Appends a client `Say { text }` frame; `text` must be UTF-8 (the bench's own texts
-/// are ASCII).
-pub fn say(out: &mut Vec<u8>, text: &[u8]) {
+/// Appends a client `Say` frame (id 0: not acknowledged); `text` must be UTF-8 (the
+/// bench's own texts are ASCII).
+pub fn say(out: &mut Vec<u8>, layout: Layout, text: &[u8]) {
     let start = begin_frame(out);
     put_varint(out, CLIENT_SAY);
+    if layout == Layout::Sessions {
+        put_varint(out, 0);
+    }
     put_bytes(out, text);
+    end_frame(out, start);
+}
+
+/// Appends a client `Leave` frame (the same in both layouts).
+pub fn leave(out: &mut Vec<u8>) {
+    let start = begin_frame(out);
+    put_varint(out, CLIENT_LEAVE);
     end_frame(out, start);
 }
 
@@ -197,14 +230,22 @@ pub fn event_joined(out: &mut Vec<u8>, seq: u64, nick: &[u8]) {
     end_frame(out, start);
 }
 
-/// Appends a server `Reply(Joined { users: [nick], more: 0 })` frame.
-pub fn reply_joined_alone(out: &mut Vec<u8>, nick: &[u8]) {
+/// Appends a server `Reply(Joined { users: [nick], more: 0, .. })` frame in the current
+/// layout: a session ticket `(ticket_id, zeroes)`, epoch 1, sequence number `seq`, and no
+/// flood limit (interval 0, burst `u32::MAX`).
+pub fn reply_joined_alone(out: &mut Vec<u8>, nick: &[u8], ticket_id: u64, seq: u64) {
     let start = begin_frame(out);
     put_varint(out, SERVER_REPLY);
     put_varint(out, REPLY_JOINED);
     put_varint(out, 1);
     put_bytes(out, nick);
     put_varint(out, 0);
+    put_varint(out, ticket_id);
+    out.extend_from_slice(&[0; 16]);
+    put_varint(out, 1);
+    put_varint(out, seq);
+    put_varint(out, 0);
+    put_varint(out, u64::from(u32::MAX));
     end_frame(out, start);
 }
 
@@ -266,9 +307,9 @@ pub enum ServerFrame<'a> {
     Closing(u64),
 }
 
-/// Reads a server payload (without its header).
+/// Reads a server payload (without its header) in `layout`.
 #[inline]
-pub fn parse_server(payload: &[u8]) -> Result<ServerFrame<'_>, WireError> {
+pub fn parse_server(payload: &[u8], layout: Layout) -> Result<ServerFrame<'_>, WireError> {
     let mut r = Reader(payload);
     let frame = match r.varint()? {
         SERVER_EVENT => {
@@ -298,6 +339,14 @@ pub fn parse_server(payload: &[u8]) -> Result<ServerFrame<'_>, WireError> {
                     r.bytes()?;
                 }
                 let more = r.varint()?;
+                if layout == Layout::Sessions {
+                    // Ticket (id, 16 secret bytes), epoch, seq, limits (interval, burst).
+                    r.varint()?;
+                    r.array::<16>()?;
+                    for _ in 0..4 {
+                        r.varint()?;
+                    }
+                }
                 ServerFrame::JoinedReply { listed, more }
             }
             other => return Ok(ServerFrame::OtherReply(other)),
@@ -341,16 +390,32 @@ pub enum ClientFrame<'a> {
     Ignored,
 }
 
-/// Reads a client payload (without its header).
+/// Reads a client payload (without its header) in the current layout.
 pub fn parse_client(payload: &[u8]) -> Result<ClientFrame<'_>, WireError> {
     let mut r = Reader(payload);
     let frame = match r.varint()? {
-        CLIENT_JOIN => ClientFrame::Join(r.bytes()?),
+        CLIENT_JOIN => {
+            let nick = r.bytes()?;
+            r.varint()?;
+            ClientFrame::Join(nick)
+        }
         CLIENT_LEAVE => ClientFrame::Leave,
-        CLIENT_SAY => ClientFrame::Say(r.bytes()?),
+        CLIENT_SAY => {
+            r.varint()?;
+            ClientFrame::Say(r.bytes()?)
+        }
         CLIENT_PRIVATE => {
+            r.varint()?;
             r.bytes()?;
             r.bytes()?;
+            ClientFrame::Ignored
+        }
+        CLIENT_RESUME => {
+            // Ticket (id, 16 secret bytes), epoch, last seq.
+            r.varint()?;
+            r.array::<16>()?;
+            r.varint()?;
+            r.varint()?;
             ClientFrame::Ignored
         }
         CLIENT_PING => ClientFrame::Ping,
@@ -365,6 +430,7 @@ pub fn parse_client(payload: &[u8]) -> Result<ClientFrame<'_>, WireError> {
 mod tests {
     use super::*;
     use protocol::codec;
+    use protocol::message::{FloodLimits, SessionTicket};
     use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
 
     fn frame_of<T: serde::Serialize>(message: &T) -> Vec<u8> {
@@ -386,12 +452,19 @@ mod tests {
     #[test]
     fn client_frames_match_the_protocol_encoding() {
         let mut out = Vec::new();
-        join(&mut out, "b17");
-        assert_eq!(out, frame_of(&ClientMessage::Join { nick: "b17".into() }));
+        join(&mut out, Layout::Sessions, "b17");
+        let expected = ClientMessage::Join {
+            nick: "b17".into(),
+            backlog: 0,
+        };
+        assert_eq!(out, frame_of(&expected));
         let long = "x".repeat(300);
         out.clear();
-        say(&mut out, long.as_bytes());
-        assert_eq!(out, frame_of(&ClientMessage::Say { text: long }));
+        say(&mut out, Layout::Sessions, long.as_bytes());
+        assert_eq!(out, frame_of(&ClientMessage::Say { id: 0, text: long }));
+        out.clear();
+        leave(&mut out);
+        assert_eq!(out, frame_of(&ClientMessage::Leave));
         out.clear();
         pong(&mut out);
         assert_eq!(out, frame_of(&ClientMessage::Pong));
@@ -419,10 +492,20 @@ mod tests {
             assert_eq!(out, frame_of(&expected), "seq {seq}");
         }
         let mut out = Vec::new();
-        reply_joined_alone(&mut out, b"b5");
+        reply_joined_alone(&mut out, b"b5", 300, 70_000);
         let expected = ServerMessage::Reply(Reply::Joined {
             users: vec!["b5".into()],
             more: 0,
+            ticket: SessionTicket {
+                id: 300,
+                secret: [0; 16],
+            },
+            epoch: 1,
+            seq: 70_000,
+            limits: FloodLimits {
+                interval_us: 0,
+                burst: u32::MAX,
+            },
         });
         assert_eq!(out, frame_of(&expected));
         out.clear();
@@ -437,7 +520,7 @@ mod tests {
         let frame = frame_of(message).leak();
         let (payload, used) = split_frame(frame).unwrap().unwrap();
         assert_eq!(used, frame.len());
-        parse_server(payload).unwrap()
+        parse_server(payload, Layout::Sessions).unwrap()
     }
 
     #[test]
@@ -483,6 +566,16 @@ mod tests {
         let reply = ServerMessage::Reply(Reply::Joined {
             users,
             more: 70_000,
+            ticket: SessionTicket {
+                id: u64::MAX,
+                secret: [0xff; 16],
+            },
+            epoch: 1 << 40,
+            seq: 1 << 33,
+            limits: FloodLimits {
+                interval_us: 100_000,
+                burst: 20,
+            },
         });
         assert_eq!(
             parsed(&reply),
@@ -514,16 +607,32 @@ mod tests {
             parse_client(&frame[HEADER_LEN..]).unwrap()
         };
         assert_eq!(
-            read(&ClientMessage::Join { nick: "b1".into() }),
+            read(&ClientMessage::Join {
+                nick: "b1".into(),
+                backlog: 10
+            }),
             ClientFrame::Join(b"b1")
         );
         assert_eq!(
-            read(&ClientMessage::Say { text: "hi".into() }),
+            read(&ClientMessage::Say {
+                id: 300,
+                text: "hi".into()
+            }),
             ClientFrame::Say(b"hi")
         );
         assert_eq!(read(&ClientMessage::Leave), ClientFrame::Leave);
         assert_eq!(read(&ClientMessage::Ping), ClientFrame::Ping);
+        let resume = ClientMessage::Resume {
+            ticket: SessionTicket {
+                id: 1,
+                secret: [9; 16],
+            },
+            epoch: 2,
+            last_seq: 3,
+        };
+        assert_eq!(read(&resume), ClientFrame::Ignored);
         let private = ClientMessage::Private {
+            id: 1,
             to: "a".into(),
             text: "b".into(),
         };
@@ -532,14 +641,38 @@ mod tests {
     }
 
     #[test]
+    fn the_original_layout_is_kept_for_older_servers() {
+        // Frames of the messages before sessions, as older builds encode them.
+        let mut out = Vec::new();
+        join(&mut out, Layout::Original, "b17");
+        assert_eq!(out, [0, 0, 0, 5, 0, 3, b'b', b'1', b'7']);
+        out.clear();
+        say(&mut out, Layout::Original, b"hi");
+        assert_eq!(out, [0, 0, 0, 4, 2, 2, b'h', b'i']);
+        let joined = [0, 0, 2, 2, b'b', b'5', 1, b'c', 251, 0x70, 0x11];
+        assert_eq!(
+            parse_server(&joined, Layout::Original),
+            Ok(ServerFrame::JoinedReply {
+                listed: 2,
+                more: 0x1170
+            })
+        );
+        assert_eq!(
+            parse_server(&joined, Layout::Sessions),
+            Err(WireError::Malformed)
+        );
+    }
+
+    #[test]
     fn damaged_frames_are_refused() {
         assert_eq!(split_frame(&[0, 0, 0]), Ok(None));
         assert_eq!(split_frame(&[0, 0, 0, 3, 1]), Ok(None));
         assert_eq!(split_frame(&[0, 1, 0, 1]), Err(WireError::TooLong(65_537)));
-        assert_eq!(parse_server(&[]), Err(WireError::Malformed));
-        assert_eq!(parse_server(&[1, 5, 0, 200]), Err(WireError::Malformed));
-        assert_eq!(parse_server(&[2, 0]), Err(WireError::Malformed));
-        assert_eq!(parse_server(&[9]), Err(WireError::Malformed));
+        let parse = |payload| parse_server(payload, Layout::Sessions);
+        assert_eq!(parse(&[]), Err(WireError::Malformed));
+        assert_eq!(parse(&[1, 5, 0, 200]), Err(WireError::Malformed));
+        assert_eq!(parse(&[2, 0]), Err(WireError::Malformed));
+        assert_eq!(parse(&[9]), Err(WireError::Malformed));
         assert_eq!(parse_client(&[2, 254]), Err(WireError::Malformed));
     }
 }

@@ -5,8 +5,9 @@
 //! Timings are never asserted: this machine is shared and its numbers move. The binaries
 //! are those of this test build: `chat-bench` from cargo (`CARGO_BIN_EXE_chat-bench`), and
 //! `chat-server` from `CHAT_SERVER_BIN`, else `CHAT_BIN_DIR` (as the workspace tests use
-//! it), else the same target directory, where it is built once if missing (a no-op when
-//! `cargo test --workspace` already built it).
+//! it), else the same target directory, brought up to date there the way the workspace
+//! tests do it (`tests/src/bins.rs`: a no-op when `cargo test --workspace` already built
+//! it).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -41,7 +42,8 @@ fn server_bin() -> PathBuf {
     let bench = bench_bin();
     let profile_dir = bench.parent().expect("chat-bench lives in a directory");
     let server = profile_dir.join("chat-server");
-    if !server.is_file() {
+    // Built (a no-op when up to date) even if present: a stale binary would be measured.
+    {
         let mut cargo = Command::new(env!("CARGO"));
         cargo
             .args(["build", "-p", "chat-server", "--bin", "chat-server"])

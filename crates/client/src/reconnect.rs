@@ -113,7 +113,10 @@ pub(crate) async fn supervise(
         if rejoin {
             // Queued before the front end gets the link, so the join goes first.
             if link
-                .try_send(ClientMessage::Join { nick: nick.clone() })
+                .try_send(ClientMessage::Join {
+                    nick: nick.clone(),
+                    backlog: 0,
+                })
                 .is_ok()
             {
                 context.shared.wants_room.store(true, Ordering::SeqCst);

@@ -72,7 +72,10 @@ pub fn reply_kind(reply: &Reply) -> LineKind {
         | Reply::InvalidNick { .. }
         | Reply::AlreadyJoined { .. }
         | Reply::Left
-        | Reply::NotJoined => LineKind::Local,
+        | Reply::NotJoined
+        | Reply::Sent { .. }
+        | Reply::Resumed { .. }
+        | Reply::ResumeFailed { .. } => LineKind::Local,
     }
 }
 
@@ -104,7 +107,8 @@ pub fn event(server: &str, event: &EventKind) -> String {
 /// leaving to exit, when the "you can rejoin" hint would be nonsense.
 pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
     match reply {
-        Reply::Joined { users, more } => joined(users, *more),
+        Reply::Joined { users, more, .. } => joined(users, *more),
+        Reply::Sent { .. } | Reply::Resumed { .. } | Reply::ResumeFailed { .. } => Vec::new(),
         Reply::NickInUse
         | Reply::NickNotAllowed
         | Reply::InvalidNick { .. }
@@ -352,6 +356,16 @@ mod tests {
                 &Reply::Joined {
                     users: users(&["ann", "bob", "john"]),
                     more: 0,
+                    ticket: protocol::SessionTicket {
+                        id: 1,
+                        secret: [0; 16],
+                    },
+                    epoch: 1,
+                    seq: 0,
+                    limits: protocol::FloodLimits {
+                        interval_us: 100_000,
+                        burst: 20,
+                    },
                 },
                 false
             ),

@@ -309,7 +309,10 @@ impl Session {
             link.drain_outcomes();
         }
         let nick = self.nick.clone();
-        if !self.send_now(ClientMessage::Join { nick }).await? {
+        if !self
+            .send_now(ClientMessage::Join { nick, backlog: 0 })
+            .await?
+        {
             return Ok(JoinOutcome::Disconnected);
         }
         self.shared.wants_room.store(true, Ordering::SeqCst);
@@ -336,7 +339,7 @@ impl Session {
     /// Says `text` to the room.
     pub async fn say(&mut self, text: String) -> Result<(), SessionError> {
         if self.check_length(&text) {
-            self.send(ClientMessage::Say { text }).await?;
+            self.send(ClientMessage::Say { id: 0, text }).await?;
         }
         Ok(())
     }
@@ -344,7 +347,8 @@ impl Session {
     /// Says `text` to `to` alone.
     pub async fn private(&mut self, to: String, text: String) -> Result<(), SessionError> {
         if self.check_length(&text) {
-            self.send(ClientMessage::Private { to, text }).await?;
+            self.send(ClientMessage::Private { id: 0, to, text })
+                .await?;
         }
         Ok(())
     }

@@ -66,12 +66,14 @@ async fn session_prints_answers_pings_and_quits_cleanly() {
         assert_eq!(
             next(&mut server).await,
             Some(ClientMessage::Say {
+                id: 0,
                 text: "hello  there".into()
             })
         );
         assert_eq!(
             next(&mut server).await,
             Some(ClientMessage::Private {
+                id: 0,
                 to: "bob".into(),
                 text: "psst".into()
             })
@@ -113,6 +115,7 @@ async fn end_of_input_leaves_the_room() {
         assert_eq!(
             next(&mut server).await,
             Some(ClientMessage::Say {
+                id: 0,
                 text: "/slash".into()
             })
         );

@@ -59,6 +59,7 @@ async fn a_lost_server_is_reconnected_and_the_room_rejoined() {
     assert_eq!(
         next(&mut server).await,
         Some(ClientMessage::Say {
+            id: 0,
             text: "back again".into()
         })
     );
@@ -128,7 +129,10 @@ async fn a_join_cut_short_is_retried_after_reconnecting() {
     let (outcome, ()) = tokio::join!(session.join(), async {
         assert_eq!(
             next(&mut server).await,
-            Some(ClientMessage::Join { nick: "ann".into() })
+            Some(ClientMessage::Join {
+                nick: "ann".into(),
+                backlog: 0
+            })
         );
         drop(server);
     });

@@ -160,6 +160,7 @@ mod tests {
         let mut codec = MessageCodec::<ClientMessage>::new();
         let mut buf = BytesMut::new();
         let msg = ClientMessage::Private {
+            id: 1,
             to: "ann".into(),
             text: "hi ☃".into(),
         };
@@ -189,7 +190,11 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_for_more() {
-        let frame = encode_frame(&ClientMessage::Say { text: "hey".into() }).unwrap();
+        let frame = encode_frame(&ClientMessage::Say {
+            id: 1,
+            text: "hey".into(),
+        })
+        .unwrap();
         let mut codec = MessageCodec::<ClientMessage>::new();
         let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
@@ -217,7 +222,7 @@ mod tests {
     #[test]
     fn huge_inner_length_is_refused() {
         // A Say whose string claims to be 2^60 bytes long, inside a small frame.
-        let mut payload = vec![2u8]; // variant index of Say
+        let mut payload = vec![2u8, 1]; // variant index of Say, then its id
         payload.push(255); // varint marker for u64
         payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(matches!(
@@ -240,6 +245,7 @@ mod tests {
     #[test]
     fn oversized_messages_are_not_encoded() {
         let msg = ClientMessage::Say {
+            id: 1,
             text: "x".repeat(MAX_FRAME_LEN + 1),
         };
         assert!(encode_frame(&msg).is_err());

@@ -20,7 +20,10 @@ pub mod name;
 
 pub use codec::{CodecError, MessageCodec};
 pub use handshake::{ClientHandshake, Cookie, HandshakeError, HandshakeMessage, ServerHandshake};
-pub use message::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
+pub use message::{
+    ClientMessage, Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, ServerMessage,
+    SessionTicket,
+};
 pub use name::{NodeName, NodeNameError};
 
 /// Version of the native protocol; sent in the preamble and in the handshake's hello.

@@ -18,6 +18,13 @@ pub const DEFAULT_MAX_TEXT_LEN: usize = 4 * 1024;
 /// limit whatever the room's size (585 nicks of the longest kind fit, more of shorter).
 pub const MAX_LISTED_NICK_BYTES: usize = 32 * 1024;
 
+/// Most nicks a join answer lists; the rest are counted. Keeps a join as cheap in a room
+/// of 10,000 as in a room of 10 (`/users` lists up to [`MAX_LISTED_NICK_BYTES`]).
+pub const MAX_JOIN_LISTED_USERS: usize = 100;
+
+/// Most backlog messages a join may ask for.
+pub const MAX_BACKLOG: u16 = 100;
+
 /// Most entries a decoded user list may hold: what [`MAX_LISTED_NICK_BYTES`] admits of the
 /// cheapest nicks, so no list the server sends is refused.
 pub const MAX_LISTED_USERS: usize = MAX_LISTED_NICK_BYTES / std::mem::size_of::<String>() + 1;

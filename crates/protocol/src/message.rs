@@ -4,6 +4,13 @@
 //! a [`ServerMessage::Reply`]; everything that happens in the room arrives as a
 //! [`ServerMessage::Event`] carrying the room's sequence number. Both share one stream, so
 //! the two are separate variants and a client never confuses an answer with an event.
+//!
+//! Nothing said is lost across a dropped link: a join gives the client a
+//! [`SessionTicket`] and the room's epoch; a reconnecting client presents them with the
+//! last sequence number it printed ([`ClientMessage::Resume`]) and the server replays
+//! what it missed. Says and private messages carry a client-chosen id and are
+//! acknowledged ([`Reply::Sent`]), so a client can send again what was not acknowledged
+//! and the server drops the duplicates.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,16 +21,25 @@ pub enum ClientMessage {
     Join {
         /// The nick wanted.
         nick: String,
+        /// How many of the room's last messages to receive after the join answer (the
+        /// backlog, sent as events older than the join); the server caps it.
+        backlog: u16,
     },
     /// Leave the room, keeping the connection (the original's `disconnect(nick)`).
     Leave,
     /// Say `text` to everyone else in the room.
     Say {
+        /// The client's id for this message: strictly increasing within a session, so
+        /// a message sent again after a reconnect is recognised and not repeated; 0
+        /// asks for no acknowledgement and no deduplication.
+        id: u64,
         /// The message.
         text: String,
     },
     /// Say `text` to `to` alone.
     Private {
+        /// As for [`ClientMessage::Say`].
+        id: u64,
         /// The recipient's nick.
         to: String,
         /// The message.
@@ -35,6 +51,49 @@ pub enum ClientMessage {
     Ping,
     /// Answer to a [`ServerMessage::Ping`].
     Pong,
+    /// Take back a session after a dropped link: its nick, and every event after
+    /// `last_seq` that this session has not seen (answered with [`Reply::Resumed`] or
+    /// [`Reply::ResumeFailed`]).
+    Resume {
+        /// The ticket the join answer gave.
+        ticket: SessionTicket,
+        /// The room epoch the ticket belongs to.
+        epoch: u64,
+        /// The sequence number of the last event the client received.
+        last_seq: u64,
+    },
+}
+
+/// Identifies a session across connections; the secret makes it unguessable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTicket {
+    /// The session's number.
+    pub id: u64,
+    /// Random bytes known only to the server and the client.
+    pub secret: [u8; 16],
+}
+
+/// The server's flood limit, told at join so a client can pace itself within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloodLimits {
+    /// Average time between two messages, in microseconds (100,000 for 10 per second).
+    pub interval_us: u64,
+    /// Messages allowed at once before the average applies.
+    pub burst: u32,
+}
+
+/// Why a resume was refused; the client then joins afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResumeFailure {
+    /// The server does not know the session (it expired, or the ticket is wrong).
+    UnknownSession,
+    /// The room has another epoch: the server restarted, and what was said while it
+    /// was down is not available.
+    EpochChanged,
+    /// The session had left the room and its nick has been taken since.
+    NickInUse,
+    /// This connection is in the room already.
+    AlreadyJoined,
 }
 
 /// What the server sends a client.
@@ -59,15 +118,23 @@ pub enum ServerMessage {
 /// Answers to calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// Joined; `users` is everyone in the room, this client included, as far as fits
-    /// in one reply (see [`crate::limits::MAX_LISTED_NICK_BYTES`]); `more` counts the
-    /// rest.
+    /// Joined; `users` is the first of everyone in the room, this client included
+    /// (see [`crate::limits::MAX_JOIN_LISTED_USERS`]); `more` counts the rest. The
+    /// backlog, if asked for, follows as events numbered before `seq`.
     Joined {
         /// Nicks in the room, sorted.
         #[serde(deserialize_with = "bounded_users::deserialize")]
         users: Vec<String>,
         /// Members left out of `users` to keep the reply small.
         more: u32,
+        /// The session's ticket, for resuming after a dropped link.
+        ticket: SessionTicket,
+        /// The room's epoch (changes when the server restarts).
+        epoch: u64,
+        /// The room's sequence number at the join: later events are live.
+        seq: u64,
+        /// The flood limit in force for this connection.
+        limits: FloodLimits,
     },
     /// Another member has this nick.
     NickInUse,
@@ -107,6 +174,39 @@ pub enum Reply {
     },
     /// The client sends faster than the flood limit; this message was dropped.
     SlowDown,
+    /// The say or private message with this id is in the room's order as `seq` (0 when
+    /// it was a duplicate of one already sent, whose number is not kept).
+    Sent {
+        /// The client's id of the message.
+        id: u64,
+        /// Its room sequence number.
+        seq: u64,
+    },
+    /// The session is back: the missed events follow, oldest first, then live ones.
+    Resumed {
+        /// Events that follow as missed (room events and private messages).
+        missed: u32,
+        /// Events that were missed but are no longer in the history.
+        lost: u64,
+        /// The session had left the room (its departure was announced) and has joined
+        /// again; the others saw it come back.
+        rejoined: bool,
+        /// Nicks in the room, as in [`Reply::Joined`].
+        #[serde(deserialize_with = "bounded_users::deserialize")]
+        users: Vec<String>,
+        /// Members left out of `users`.
+        more: u32,
+        /// The room's sequence number at the resume: the missed events are those up to
+        /// it, later ones are live.
+        seq: u64,
+        /// The flood limit in force.
+        limits: FloodLimits,
+    },
+    /// The session could not be resumed; join again.
+    ResumeFailed {
+        /// Why.
+        reason: ResumeFailure,
+    },
 }
 
 /// A room event and its place in the room's history.

@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use protocol::codec::{self, CodecError, HEADER_LEN, MAX_FRAME_LEN};
 use protocol::handshake::RefuseReason;
 use protocol::{
-    ClientMessage, Event, EventKind, HandshakeMessage, LeaveReason, MessageCodec, Reply,
-    ServerMessage,
+    ClientMessage, Event, EventKind, FloodLimits, HandshakeMessage, LeaveReason, MessageCodec,
+    Reply, ResumeFailure, ServerMessage, SessionTicket,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -121,13 +121,41 @@ fn leave_reason() -> impl Strategy<Value = LeaveReason> {
 
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        text().prop_map(|nick| ClientMessage::Join { nick }),
+        (text(), any::<u16>()).prop_map(|(nick, backlog)| ClientMessage::Join { nick, backlog }),
         Just(ClientMessage::Leave),
-        text().prop_map(|text| ClientMessage::Say { text }),
-        (text(), text()).prop_map(|(to, text)| ClientMessage::Private { to, text }),
+        (any::<u64>(), text()).prop_map(|(id, text)| ClientMessage::Say { id, text }),
+        (any::<u64>(), text(), text()).prop_map(|(id, to, text)| ClientMessage::Private {
+            id,
+            to,
+            text
+        }),
         Just(ClientMessage::ListUsers),
         Just(ClientMessage::Ping),
         Just(ClientMessage::Pong),
+        (ticket(), any::<u64>(), any::<u64>()).prop_map(|(ticket, epoch, last_seq)| {
+            ClientMessage::Resume {
+                ticket,
+                epoch,
+                last_seq,
+            }
+        }),
+    ]
+}
+
+fn ticket() -> impl Strategy<Value = SessionTicket> {
+    (any::<u64>(), any::<[u8; 16]>()).prop_map(|(id, secret)| SessionTicket { id, secret })
+}
+
+fn limits() -> impl Strategy<Value = FloodLimits> {
+    (any::<u64>(), any::<u32>()).prop_map(|(interval_us, burst)| FloodLimits { interval_us, burst })
+}
+
+fn resume_failure() -> impl Strategy<Value = ResumeFailure> {
+    prop_oneof![
+        Just(ResumeFailure::UnknownSession),
+        Just(ResumeFailure::EpochChanged),
+        Just(ResumeFailure::NickInUse),
+        Just(ResumeFailure::AlreadyJoined),
     ]
 }
 
@@ -137,7 +165,22 @@ fn nicks() -> impl Strategy<Value = Vec<String>> {
 
 fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        (nicks(), any::<u32>()).prop_map(|(users, more)| Reply::Joined { users, more }),
+        (
+            nicks(),
+            any::<u32>(),
+            ticket(),
+            any::<u64>(),
+            any::<u64>(),
+            limits()
+        )
+            .prop_map(|(users, more, ticket, epoch, seq, limits)| Reply::Joined {
+                users,
+                more,
+                ticket,
+                epoch,
+                seq,
+                limits
+            }),
         Just(Reply::NickInUse),
         Just(Reply::NickNotAllowed),
         text().prop_map(|reason| Reply::InvalidNick { reason }),
@@ -148,6 +191,28 @@ fn reply() -> impl Strategy<Value = Reply> {
         text().prop_map(|nick| Reply::NoSuchUser { nick }),
         text().prop_map(|reason| Reply::InvalidText { reason }),
         Just(Reply::SlowDown),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| Reply::Sent { id, seq }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<bool>(),
+            nicks(),
+            any::<u32>(),
+            any::<u64>(),
+            limits()
+        )
+            .prop_map(|(missed, lost, rejoined, users, more, seq, limits)| {
+                Reply::Resumed {
+                    missed,
+                    lost,
+                    rejoined,
+                    users,
+                    more,
+                    seq,
+                    limits,
+                }
+            }),
+        resume_failure().prop_map(|reason| Reply::ResumeFailed { reason }),
     ]
 }
 

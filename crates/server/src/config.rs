@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use protocol::{Cookie, NodeName, limits};
+use protocol::{Cookie, FloodLimits, NodeName, limits};
 
 /// The server's settings. Built by the binary from its flags; tests build it directly.
 #[derive(Debug, Clone)]
@@ -22,13 +22,20 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Longest message text, in bytes.
     pub max_text_len: usize,
-    /// Frames a connection may have queued for sending before it counts as a slow
-    /// consumer and is dropped.
+    /// Items (replies, pings, private frames) a connection's own queue may hold before it
+    /// counts as a slow consumer and is dropped.
     pub send_queue_frames: usize,
-    /// Bytes a connection may have queued for sending before it counts as a slow consumer
-    /// (IRC's SendQ); with the batch being written, at most twice this is held per
-    /// connection.
+    /// Bytes a connection may be behind the room's newest event (or hold in its own
+    /// queue) before it counts as a slow consumer (IRC's SendQ).
     pub send_queue_bytes: usize,
+    /// Room events kept in the history (for resuming, the backlog, and as the fan-out
+    /// queue); a member further behind than the history has lost events and is dropped.
+    pub history_events: usize,
+    /// Bytes of encoded events kept in the history.
+    pub history_bytes: usize,
+    /// How long a member whose connection dropped can come back as the same session
+    /// (its nick, and what it missed, as far as the history reaches).
+    pub resume_window: Duration,
     /// Flood limit: messages per second allowed on average per connection.
     pub rate_per_sec: f64,
     /// Flood limit: messages allowed in a burst; this many refused in a row disconnects.
@@ -50,9 +57,21 @@ impl ServerConfig {
             max_text_len: limits::DEFAULT_MAX_TEXT_LEN,
             send_queue_frames: 1024,
             send_queue_bytes: 4 * 1024 * 1024,
+            history_events: 10_000,
+            history_bytes: 16 * 1024 * 1024,
+            resume_window: Duration::from_secs(120),
             rate_per_sec: 10.0,
             burst: 20,
             shutdown_grace: Duration::from_secs(3),
+        }
+    }
+
+    /// The flood limit as told to clients.
+    pub fn flood_limits(&self) -> FloodLimits {
+        let interval = Duration::try_from_secs_f64(1.0 / self.rate_per_sec).unwrap_or_default();
+        FloodLimits {
+            interval_us: u64::try_from(interval.as_micros()).unwrap_or(u64::MAX),
+            burst: self.burst,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -28,12 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
+use crate::history::History;
 use crate::inbound::Inbound;
-use crate::outbox::Outbox;
 use crate::peer::{NativePeer, Peer};
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::registry::{Command, ConnId, RegistryHandle};
-use crate::writer;
+use crate::writer::{self, Pipe};
 
 /// What every connection task shares.
 pub struct Shared {
@@ -41,6 +42,8 @@ pub struct Shared {
     pub config: ServerConfig,
     /// The room.
     pub registry: RegistryHandle,
+    /// The room's history, which every connection's writer reads.
+    pub history: Arc<History>,
     /// Fires when the server stops accepting; connections still in their handshake quit.
     pub stopping: CancellationToken,
     /// Tracks writer tasks so shutdown can wait for them to flush.
@@ -53,6 +56,7 @@ impl Shared {
     pub fn new(
         config: ServerConfig,
         registry: RegistryHandle,
+        history: Arc<History>,
         stopping: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -60,6 +64,7 @@ impl Shared {
         Self {
             config,
             registry,
+            history,
             stopping,
             tracker,
             pong: encode(&ServerMessage::Pong),
@@ -115,12 +120,34 @@ async fn opening(
     }
 }
 
-/// Writes a refusal without reading anything, then closes.
+/// How long a refused connection is kept open so that the client can read why.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes read and thrown away from a refused connection while it lingers.
+const REFUSAL_DRAIN: usize = 4096;
+
+/// Writes a refusal without reading anything first, then closes.
+///
+/// The client has usually sent its preamble and hello already; closing a socket with
+/// unread bytes makes the kernel send a reset, which can destroy the refusal before the
+/// client reads it. So the server sends FIN, then reads and discards what the client
+/// sent (a little, for a short while) until the client closes too.
 async fn refuse_now(stream: &mut TcpStream, reason: RefuseReason) {
     if let Ok(frame) = codec::encode_frame(&HandshakeMessage::Refused { reason }) {
         let _ = stream.write_all(&frame).await;
     }
     let _ = stream.shutdown().await;
+    let drain = async {
+        let mut scratch = [0u8; 512];
+        let mut left = REFUSAL_DRAIN;
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
 }
 
 /// Reads the preamble and runs the handshake. Returns the client's node name and any bytes
@@ -204,15 +231,20 @@ async fn session(
 ) {
     let config = &shared.config;
     let (read_half, write_half) = stream.into_split();
-    let outbox = Arc::new(Outbox::new(
-        config.send_queue_frames,
-        config.send_queue_bytes,
-    ));
+    let pipe = Arc::new(Pipe::new(config.send_queue_frames, config.send_queue_bytes));
     let stop = CancellationToken::new();
-    let peer = Arc::new(NativePeer::new(node, addr, outbox.clone(), stop.clone()));
+    let history = Arc::clone(&shared.history);
+    let peer = Arc::new(NativePeer::new(
+        node,
+        addr,
+        pipe.clone(),
+        history.clone(),
+        stop.clone(),
+    ));
+    let group = history.group_of(id);
     shared
         .tracker
-        .spawn(writer::run(write_half, outbox, stop.clone()));
+        .spawn(writer::run(write_half, pipe, history, group, stop.clone()));
     let registry = &shared.registry;
     if !registry
         .send(Command::Attach {
@@ -234,7 +266,7 @@ async fn session(
     // not heard from (see `Peer::tick`); the reader only stamps each frame.
     let reason = loop {
         tokio::select! {
-            () = stop.cancelled() => break LeaveReason::ConnectionLost,
+            () = stop.cancelled() => break peer.ended_for().unwrap_or(LeaveReason::ConnectionLost),
             next = frames.next() => match next {
                 None => {
                     peer.abort();
@@ -294,6 +326,10 @@ impl Reader<'_> {
                 let _ = self.peer.push(self.shared.pong.clone());
                 return None;
             }
+            // Leaving is never refused for flooding: it ends the flood.
+            ClientMessage::Leave => {
+                return self.forward(Command::Leave { id }).await;
+            }
             _ => {}
         }
         match self.bucket.check(std::time::Instant::now()) {
@@ -311,23 +347,46 @@ impl Reader<'_> {
             }
         }
         let command = match message {
-            ClientMessage::Join { nick } => Command::Join { id, nick },
-            ClientMessage::Leave => Command::Leave { id },
+            ClientMessage::Join { nick, backlog } => Command::Join { id, nick, backlog },
+            ClientMessage::Resume {
+                ticket,
+                epoch,
+                last_seq,
+            } => Command::Resume {
+                id,
+                ticket,
+                epoch,
+                last_seq,
+            },
             ClientMessage::ListUsers => Command::ListUsers { id },
-            ClientMessage::Say { text } => {
+            ClientMessage::Say { id: msg_id, text } => {
                 if !self.text_allowed(&text) {
                     return None;
                 }
-                Command::Say { id, text }
+                Command::Say { id, msg_id, text }
             }
-            ClientMessage::Private { to, text } => {
+            ClientMessage::Private {
+                id: msg_id,
+                to,
+                text,
+            } => {
                 if !self.text_allowed(&text) {
                     return None;
                 }
-                Command::Private { id, to, text }
+                Command::Private {
+                    id,
+                    msg_id,
+                    to,
+                    text,
+                }
             }
-            ClientMessage::Ping | ClientMessage::Pong => return None,
+            ClientMessage::Leave | ClientMessage::Ping | ClientMessage::Pong => return None,
         };
+        self.forward(command).await
+    }
+
+    /// Hands a command to the registry; a reason to end the session if it has stopped.
+    async fn forward(&self, command: Command) -> Option<LeaveReason> {
         if self.shared.registry.send(command).await {
             None
         } else {

@@ -6,15 +6,19 @@
 //!
 //! ```text
 //! socket -> inbound.rs + connection.rs (reader: decode, validate, rate-limit)
-//!        -> registry.rs   (the actor that owns the room; encodes each event once)
-//!        -> peer.rs       (a member: its outbox.rs, a bounded queue; full = slow consumer)
-//!        -> writer.rs     (drains the outbox, many frames per writev) -> socket
+//!        -> registry.rs   (the actor that owns the room; numbers and encodes each event
+//!                          once and appends it to history.rs)
+//!        -> writer.rs     (each member's writer reads the history from its own cursor,
+//!                          merged with its own queue, outbox.rs, into one buffer per
+//!                          write) -> socket
 //! ```
 
 pub mod config;
 pub mod connection;
+pub mod history;
 pub mod inbound;
 pub mod listener;
+pub mod memory;
 pub mod outbox;
 pub mod peer;
 pub mod rate_limit;

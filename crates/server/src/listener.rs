@@ -11,7 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::connection::{self, Shared};
-use crate::registry;
+use crate::history::History;
+use crate::registry::{self, RoomRules};
 
 /// Commands the registry's mailbox holds before readers wait.
 const REGISTRY_MAILBOX: usize = 4096;
@@ -24,7 +25,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let registry = registry::spawn(REGISTRY_MAILBOX, config.tick * config.silent_ticks);
+    let history = Arc::new(History::new(
+        config.history_events,
+        config.history_bytes,
+        fanout_groups(),
+    ));
+    history.start_fanout();
+    let rules = RoomRules {
+        silence_limit: config.tick * config.silent_ticks,
+        max_lag_bytes: config.send_queue_bytes as u64,
+        flood: config.flood_limits(),
+        max_departed: config.max_clients,
+        resume_window: config.resume_window,
+    };
+    let registry = registry::spawn(REGISTRY_MAILBOX, history.clone(), rules);
     let stopping = CancellationToken::new();
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_clients));
@@ -33,10 +47,22 @@ pub async fn serve(
     let shared = Arc::new(Shared::new(
         config,
         registry.clone(),
+        history,
         stopping.clone(),
         tracker.clone(),
     ));
-    tokio::spawn(tick(registry.clone(), config_tick, stopping.clone()));
+    tokio::spawn(tick(
+        registry.clone(),
+        config_tick,
+        || registry::Command::Tick,
+        stopping.clone(),
+    ));
+    tokio::spawn(tick(
+        registry.clone(),
+        SWEEP_PERIOD,
+        || registry::Command::Sweep,
+        stopping.clone(),
+    ));
     let mut next_id = 0;
     tokio::pin!(shutdown);
     loop {
@@ -73,15 +99,30 @@ pub async fn serve(
     }
 }
 
-/// Sends the registry a liveness tick every `period` until the server stops.
-async fn tick(registry: registry::RegistryHandle, period: Duration, stopping: CancellationToken) {
+/// How often the registry looks for members too far behind the history.
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Wake-up groups of the history's fan-out: one per worker thread, so that waking the
+/// writers after an append is spread over every core.
+fn fanout_groups() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Sends the registry `command` (a liveness tick, a sweep) every `period` until the
+/// server stops.
+async fn tick(
+    registry: registry::RegistryHandle,
+    period: Duration,
+    command: fn() -> registry::Command,
+    stopping: CancellationToken,
+) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stopping.cancelled() => return,
             _ = ticks.tick() => {
-                if !registry.send(registry::Command::Tick).await {
+                if !registry.send(command()).await {
                     return;
                 }
             }

@@ -90,6 +90,17 @@ struct RoomArgs {
     /// Bytes queued for a client before it counts as too slow and is dropped (SendQ).
     #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
     send_queue_bytes: usize,
+    /// Room events kept in memory for resuming clients and the backlog; a member further
+    /// behind than this has lost events and is dropped.
+    #[arg(long = "history", default_value_t = 10_000, value_name = "EVENTS")]
+    history_events: usize,
+    /// Bytes of room events kept in memory (the history stops at whichever comes first).
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    history_bytes: usize,
+    /// Seconds a client whose connection dropped can resume its session (its nick and
+    /// what it missed).
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    resume_window: f64,
     /// Flood limit: messages per second per client, on average.
     #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND")]
     rate: f64,
@@ -108,6 +119,7 @@ fn main() -> Result<()> {
     if cli.manpage {
         return chat_node::docs::print_manpage(Cli::command()).context("cannot write the man page");
     }
+    chat_server::memory::tune_allocator();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = match cli.command {
         Some(Mode::PortMapper(args)) => runtime.block_on(run_port_mapper(args)),
@@ -228,6 +240,15 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
         );
     }
     config.send_queue_bytes = args.send_queue_bytes;
+    if args.history_events == 0 || args.history_bytes < protocol::limits::MAX_FRAME_LEN + 4 {
+        bail!(
+            "--history must keep at least one event and --history-bytes at least one whole frame ({} bytes)",
+            protocol::limits::MAX_FRAME_LEN + 4
+        );
+    }
+    config.resume_window = seconds(args.resume_window, "--resume-window")?;
+    config.history_events = args.history_events;
+    config.history_bytes = args.history_bytes;
     config.rate_per_sec = args.rate;
     config.burst = args.burst.max(1);
     Ok(config)

@@ -1,23 +1,37 @@
 //! The registry actor: the one task that owns the room.
 //!
-//! It holds `nick -> peer` and every attached connection, and is the only place that
-//! changes them; connections talk to it through [`RegistryHandle`]. It never awaits a
-//! peer: events are encoded once and pushed to each member's bounded queue without
-//! waiting, and a member whose queue is full is dropped as a slow consumer. Every room
-//! event gets the next room sequence number.
+//! It holds the members (`nick -> session`), every attached connection and the
+//! resumable sessions, and is the only place that changes them; connections talk to it
+//! through [`RegistryHandle`]. It never awaits a peer. Every room event gets the next
+//! sequence number and is appended once to the room's [`History`], which native members'
+//! writers read by themselves; peers that do not read the history are handed each event
+//! ([`Peer::deliver`]).
 //!
-//! [`RegistryHandle`] is the narrow interface to membership and broadcast; a clustered
-//! backend can implement the same calls later.
+//! Sessions: a join creates a session with a secret ticket. When a connection drops
+//! without leaving, its member leaves the room as before, but the session stays
+//! resumable for a while: a client that comes back with the ticket gets its nick again
+//! (and a stale connection of the same session is replaced at once) and its writer
+//! replays, from the history, everything after the last event the client saw. Says and
+//! private messages carry the client's ids, acknowledged with their sequence numbers,
+//! and a repeated id is acknowledged again but not repeated in the room.
+//!
+//! No recursion: a broadcast that finds dead members does not broadcast their departures
+//! from inside itself (one stack frame deeper per dead member, which overflowed the stack
+//! when thousands dropped at once). Departures go on a work list, [`Registry::departures`],
+//! that [`Registry::handle`] drains in a loop after every command.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::limits::{self, NickError};
-use protocol::{Event, EventKind, LeaveReason, Reply};
+use protocol::{Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, SessionTicket};
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::peer::{DeliveryError, Peer, RoomEvent};
+use crate::history::{Audience, EntryKind, History, SERVER_SESSION, SessionId};
+use crate::memory::MemoryKeeper;
+use crate::peer::{DeliveryError, FrameArena, Peer, RoomEvent};
 
 /// Identifies one connection for its whole life.
 pub type ConnId = u64;
@@ -44,6 +58,19 @@ pub enum Command {
         id: ConnId,
         /// The nick wanted.
         nick: String,
+        /// How many of the last messages to send after the answer.
+        backlog: u16,
+    },
+    /// Take back a session after a dropped link.
+    Resume {
+        /// The new connection.
+        id: ConnId,
+        /// The session's ticket.
+        ticket: SessionTicket,
+        /// The room epoch the ticket is from.
+        epoch: u64,
+        /// The last event the client received.
+        last_seq: u64,
     },
     /// Leave the room.
     Leave {
@@ -54,6 +81,8 @@ pub enum Command {
     Say {
         /// The speaker.
         id: ConnId,
+        /// The client's id of the message (0: no acknowledgement).
+        msg_id: u64,
         /// The message (already validated).
         text: String,
     },
@@ -61,6 +90,8 @@ pub enum Command {
     Private {
         /// The speaker.
         id: ConnId,
+        /// The client's id of the message (0: no acknowledgement).
+        msg_id: u64,
         /// The recipient's nick.
         to: String,
         /// The message (already validated).
@@ -73,6 +104,8 @@ pub enum Command {
     },
     /// A liveness tick: probe every connection, drop those silent for too long.
     Tick,
+    /// Look for slow consumers: members too far behind the history's newest event.
+    Sweep,
     /// Tell every connection the server is shutting down and close them.
     Shutdown {
         /// Answered once every connection has been told.
@@ -111,40 +144,142 @@ impl RegistryHandle {
     }
 }
 
-/// Starts the registry actor with a mailbox of `mailbox` commands; on each
-/// [`Command::Tick`] it drops connections silent for `silence_limit`.
-pub fn spawn(mailbox: usize, silence_limit: Duration) -> RegistryHandle {
+/// The room's rules, as the registry applies them.
+#[derive(Debug, Clone)]
+pub struct RoomRules {
+    /// A connection not heard from for this long is dropped at the next tick.
+    pub silence_limit: Duration,
+    /// A member further behind the history's newest event than this many bytes is a
+    /// slow consumer.
+    pub max_lag_bytes: u64,
+    /// The flood limit, told to clients at join.
+    pub flood: FloodLimits,
+    /// Most sessions kept resumable after their connection dropped.
+    pub max_departed: usize,
+    /// How long a session stays resumable after its connection dropped.
+    pub resume_window: Duration,
+}
+
+impl Default for RoomRules {
+    fn default() -> Self {
+        Self {
+            silence_limit: Duration::from_secs(60),
+            max_lag_bytes: 4 * 1024 * 1024,
+            flood: FloodLimits {
+                interval_us: 100_000,
+                burst: 20,
+            },
+            max_departed: 10_000,
+            resume_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Starts the registry actor over `history` with a mailbox of `mailbox` commands.
+pub fn spawn(mailbox: usize, history: Arc<History>, rules: RoomRules) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(mailbox);
-    let registry = Registry {
-        silence_limit,
-        ..Registry::default()
-    };
-    tokio::spawn(registry.run(rx));
+    tokio::spawn(Registry::new(history, rules).run(rx));
     RegistryHandle { tx }
 }
 
 struct Connection {
     peer: Arc<dyn Peer>,
-    nick: Option<String>,
+    /// The session this connection carries, once joined or resumed.
+    session: Option<SessionId>,
     /// Set once the registry has closed this connection; its own `Detach` follows.
     closed: bool,
 }
 
-#[derive(Default)]
+/// A nick stored inside its session rather than in an allocation of its own: departed
+/// sessions are kept by the thousand, and small allocations that outlive the
+/// connections around them would keep the allocator from returning those connections'
+/// memory after a crowd leaves.
+#[derive(Clone, Copy)]
+struct InlineNick {
+    bytes: [u8; limits::MAX_NICK_LEN],
+    len: u8,
+}
+
+impl InlineNick {
+    /// `None` for a nick longer than any valid one.
+    fn new(nick: &str) -> Option<Self> {
+        let mut bytes = [0; limits::MAX_NICK_LEN];
+        bytes
+            .get_mut(..nick.len())?
+            .copy_from_slice(nick.as_bytes());
+        Some(Self {
+            bytes,
+            len: u8::try_from(nick.len()).ok()?,
+        })
+    }
+
+    fn as_str(&self) -> &str {
+        // Built from a `&str` cut at its own length, so always valid UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// A member's session: what survives a dropped connection.
+struct Session {
+    nick: InlineNick,
+    secret: [u8; 16],
+    /// The connection carrying it, if any.
+    conn: Option<ConnId>,
+    /// In the room (else departed, and resumable until forgotten).
+    in_room: bool,
+    /// When it departed, if it did.
+    departed_at: Option<Instant>,
+    /// The last message id the client used, and the sequence number it got.
+    last_msg: (u64, u64),
+}
+
 struct Registry {
+    history: Arc<History>,
+    rules: RoomRules,
     connections: HashMap<ConnId, Connection>,
+    sessions: HashMap<SessionId, Session>,
     /// Members by nick, sorted so user lists come out in order.
-    members: BTreeMap<String, (ConnId, Arc<dyn Peer>)>,
+    members: BTreeMap<String, SessionId>,
+    /// Members that do not read the history: handed every event meant for them.
+    fed: BTreeMap<SessionId, ConnId>,
+    /// Sessions that left the room without leaving on purpose, oldest first.
+    departed: VecDeque<SessionId>,
     /// The last room sequence number handed out.
     seq: u64,
+    /// The last session number handed out.
+    last_session: SessionId,
     /// Set by [`Command::Shutdown`]: everyone has been told, so departures are no
     /// longer broadcast.
     shutting_down: bool,
-    /// A connection not heard from for this long is dropped at the next tick.
-    silence_limit: Duration,
+    /// Departures still to be told to the room, oldest first. Filled while handling a
+    /// command (a broadcast that finds dead members adds theirs) and drained by
+    /// [`Registry::handle`] in a loop, so telling the room never recurses.
+    departures: VecDeque<(String, SessionId, LeaveReason)>,
+    /// Returns memory to the system after a crowd leaves.
+    memory: MemoryKeeper,
+    /// Where room events are encoded, side by side.
+    frames: FrameArena,
 }
 
 impl Registry {
+    fn new(history: Arc<History>, rules: RoomRules) -> Self {
+        Self {
+            seq: history.head(),
+            history,
+            rules,
+            connections: HashMap::new(),
+            sessions: HashMap::new(),
+            members: BTreeMap::new(),
+            fed: BTreeMap::new(),
+            departed: VecDeque::new(),
+            last_session: SERVER_SESSION,
+            shutting_down: false,
+            departures: VecDeque::new(),
+            memory: MemoryKeeper::default(),
+            frames: FrameArena::default(),
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(command) = rx.recv().await {
             self.handle(command);
@@ -152,40 +287,54 @@ impl Registry {
     }
 
     fn handle(&mut self, command: Command) {
+        self.apply(command);
+        // Each announcement may find more dead members, which join the end of the list;
+        // every member leaves at most once, so this ends.
+        while let Some((nick, session, reason)) = self.departures.pop_front() {
+            self.broadcast(EventKind::Left { nick, reason }, session);
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
         match command {
             Command::Attach { id, peer } => {
                 let connection = Connection {
                     peer,
-                    nick: None,
+                    session: None,
                     closed: false,
                 };
                 self.connections.insert(id, connection);
             }
             Command::Detach { id, reason } => {
-                self.remove_member(id, reason);
+                if let Some(session) = self.session_of(id) {
+                    self.remove_member(session, reason);
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.conn = None;
+                    }
+                }
                 self.connections.remove(&id);
             }
-            Command::Join { id, nick } => self.join(id, nick),
-            Command::Leave { id } => {
-                if self.remove_member(id, LeaveReason::Left) {
-                    self.reply(id, Reply::Left);
-                } else {
-                    self.reply(id, Reply::NotJoined);
-                }
-            }
-            Command::Say { id, text } => match self.nick_of(id) {
-                Some(from) => {
-                    let from = from.to_string();
-                    self.broadcast(EventKind::Message { from, text }, Some(id));
-                }
-                None => self.reply(id, Reply::NotJoined),
-            },
-            Command::Private { id, to, text } => self.private(id, to, text),
+            Command::Join { id, nick, backlog } => self.join(id, nick, backlog),
+            Command::Resume {
+                id,
+                ticket,
+                epoch,
+                last_seq,
+            } => self.resume(id, ticket, epoch, last_seq),
+            Command::Leave { id } => self.leave(id),
+            Command::Say { id, msg_id, text } => self.say(id, msg_id, text),
+            Command::Private {
+                id,
+                msg_id,
+                to,
+                text,
+            } => self.private(id, msg_id, to, text),
             Command::ListUsers { id } => {
-                let (users, more) = self.user_list();
+                let (users, more) = self.user_list(usize::MAX);
                 self.reply(id, Reply::Users { users, more });
             }
             Command::Tick => self.tick(),
+            Command::Sweep => self.sweep(),
             Command::Shutdown { done } => {
                 self.shutting_down = true;
                 for connection in self.connections.values_mut() {
@@ -197,32 +346,102 @@ impl Registry {
         }
     }
 
+    /// The session a connection carries, if it is in the room.
+    fn member_session(&self, id: ConnId) -> Option<SessionId> {
+        self.session_of(id)
+            .filter(|s| self.sessions.get(s).is_some_and(|s| s.in_room))
+    }
+
+    fn session_of(&self, id: ConnId) -> Option<SessionId> {
+        self.connections.get(&id)?.session
+    }
+
     /// Probes every connection; drops the silent ones as timed out.
     fn tick(&mut self) {
+        let silence_limit = self.rules.silence_limit;
         let silent: Vec<ConnId> = self
             .connections
             .iter()
             .filter(|(_, connection)| !connection.closed)
-            .filter(|(_, connection)| !connection.peer.tick(self.silence_limit))
+            .filter(|(_, connection)| !connection.peer.tick(silence_limit))
             .map(|(id, _)| *id)
             .collect();
         for id in silent {
-            if let Some(connection) = self.connections.get_mut(&id) {
-                connection.closed = true;
-                tracing::info!(node = %connection.peer.node(), "silent for too long; dropping");
-                connection.peer.close(LeaveReason::Timeout);
-            }
-            self.remove_member(id, LeaveReason::Timeout);
+            tracing::info!(node = %self.node_of(id), "silent for too long; dropping");
+            self.drop_connection(id, LeaveReason::Timeout);
         }
     }
 
-    /// The members' nicks as far as [`limits::MAX_LISTED_NICK_BYTES`] allows, and how
-    /// many were left out. Stops early, so a join into a big room costs little.
-    fn user_list(&self) -> (Vec<String>, u32) {
+    /// Drops members whose writers are too far behind the history.
+    fn sweep(&mut self) {
+        let limit = self.rules.max_lag_bytes;
+        let slow: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| !c.closed && c.session.is_some())
+            .filter(|(_, c)| {
+                c.peer.cursor().is_some_and(|cursor| {
+                    let lag = self.history.lag(cursor);
+                    lag.fell_off || lag.bytes > limit
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            tracing::info!(node = %self.node_of(id), "too far behind the room; dropping");
+            self.drop_connection(id, LeaveReason::SendQueueExceeded);
+        }
+        let window = self.rules.resume_window;
+        while let Some(&oldest) = self.departed.front() {
+            let expired = self.sessions.get(&oldest).is_none_or(|s| {
+                s.in_room || s.departed_at.is_some_and(|at| at.elapsed() >= window)
+            });
+            if !expired {
+                break;
+            }
+            self.departed.pop_front();
+            if self.sessions.get(&oldest).is_some_and(|s| !s.in_room) {
+                self.forget(oldest);
+            }
+        }
+        self.memory
+            .observe(self.connections.len() + self.sessions.len());
+        if self.connections.capacity() > 4 * self.connections.len().max(64) {
+            self.connections.shrink_to_fit();
+        }
+        if self.sessions.capacity() > 4 * self.sessions.len().max(64) {
+            self.sessions.shrink_to_fit();
+            self.departed.shrink_to_fit();
+        }
+    }
+
+    fn node_of(&self, id: ConnId) -> String {
+        self.connections
+            .get(&id)
+            .map_or_else(String::new, |c| c.peer.node().to_string())
+    }
+
+    /// Closes connection `id` for `reason` (once) and takes its member out of the room.
+    fn drop_connection(&mut self, id: ConnId, reason: LeaveReason) {
+        let Some(connection) = self.connections.get_mut(&id).filter(|c| !c.closed) else {
+            return;
+        };
+        connection.closed = true;
+        connection.peer.close(reason);
+        let session = connection.session;
+        if let Some(session) = session {
+            self.remove_member(session, reason);
+        }
+    }
+
+    /// The members' nicks, at most `most` of them and as far as
+    /// [`limits::MAX_LISTED_NICK_BYTES`] allows, and how many were left out.
+    fn user_list(&self, most: usize) -> (Vec<String>, u32) {
         let mut budget = limits::MAX_LISTED_NICK_BYTES;
         let users: Vec<String> = self
             .members
             .keys()
+            .take(most)
             .take_while(|nick| {
                 let cost = limits::listed_nick_cost(nick);
                 let fits = cost <= budget;
@@ -235,92 +454,283 @@ impl Registry {
         (users, u32::try_from(more).unwrap_or(u32::MAX))
     }
 
-    fn nick_of(&self, id: ConnId) -> Option<&str> {
-        self.connections.get(&id)?.nick.as_deref()
+    fn new_session(&mut self, nick: InlineNick, conn: ConnId) -> (SessionId, SessionTicket) {
+        self.last_session += 1;
+        let id = self.last_session;
+        let secret: [u8; 16] = rand::random();
+        self.sessions.insert(
+            id,
+            Session {
+                nick,
+                secret,
+                conn: Some(conn),
+                in_room: true,
+                departed_at: None,
+                last_msg: (0, 0),
+            },
+        );
+        (id, SessionTicket { id, secret })
     }
 
-    fn join(&mut self, id: ConnId, nick: String) {
+    fn join(&mut self, id: ConnId, nick: String, backlog: u16) {
         let Some(connection) = self.connections.get(&id) else {
             return;
         };
-        if let Some(current) = &connection.nick {
-            let nick = current.clone();
+        if let Some(session) = connection.session.and_then(|s| self.sessions.get(&s)) {
+            let nick = session.nick.as_str().to_string();
             self.reply(id, Reply::AlreadyJoined { nick });
             return;
         }
         let refusal = match limits::validate_nick(&nick) {
-            Err(NickError::NotAllowed(_)) => Some(Reply::NickNotAllowed),
-            Err(NickError::Invalid(reason)) => Some(Reply::InvalidNick { reason }),
-            Ok(()) if self.members.contains_key(&nick) => Some(Reply::NickInUse),
-            Ok(()) => None,
+            Err(NickError::NotAllowed(_)) => Err(Reply::NickNotAllowed),
+            Err(NickError::Invalid(reason)) => Err(Reply::InvalidNick { reason }),
+            Ok(()) if self.members.contains_key(&nick) => Err(Reply::NickInUse),
+            Ok(()) => InlineNick::new(&nick).ok_or(Reply::InvalidNick {
+                reason: format!("nick is longer than {} bytes", limits::MAX_NICK_LEN),
+            }),
         };
-        if let Some(reply) = refusal {
-            tracing::debug!(%nick, ?reply, "join refused");
-            self.reply(id, reply);
-            return;
-        }
-        let peer = Arc::clone(&connection.peer);
-        tracing::info!(%nick, node = %peer.node(), "joined");
-        self.members.insert(nick.clone(), (id, peer));
-        if let Some(connection) = self.connections.get_mut(&id) {
-            connection.nick = Some(nick.clone());
-        }
-        let (users, more) = self.user_list();
-        self.reply(id, Reply::Joined { users, more });
-        self.broadcast(EventKind::Joined { nick }, Some(id));
-    }
-
-    fn private(&mut self, id: ConnId, to: String, text: String) {
-        let Some(from) = self.nick_of(id).map(str::to_string) else {
-            self.reply(id, Reply::NotJoined);
-            return;
-        };
-        let Some((to_id, peer)) = self.members.get(&to) else {
-            self.reply(id, Reply::NoSuchUser { nick: to });
-            return;
-        };
-        let to_id = *to_id;
-        self.seq += 1;
-        let event = Event {
-            seq: self.seq,
-            kind: EventKind::Private { from, text },
-        };
-        match RoomEvent::new(event) {
-            Ok(event) => {
-                if let Err(e) = peer.deliver(&event) {
-                    self.delivery_failed(to_id, e);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a private message"),
-        }
-    }
-
-    /// Sends `kind` to every member but `except`, encoding it once. Members whose queue is
-    /// full are dropped afterwards (which is itself broadcast).
-    fn broadcast(&mut self, kind: EventKind, except: Option<ConnId>) {
-        self.seq += 1;
-        let event = match RoomEvent::new(Event {
-            seq: self.seq,
-            kind,
-        }) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a room event");
+        let inline = match refusal {
+            Ok(inline) => inline,
+            Err(reply) => {
+                tracing::debug!(%nick, ?reply, "join refused");
+                self.reply(id, reply);
                 return;
             }
         };
+        let peer = Arc::clone(&connection.peer);
+        tracing::info!(%nick, node = %peer.node(), "joined");
+        let (session, ticket) = self.new_session(inline, id);
+        self.members.insert(nick.clone(), session);
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.session = Some(session);
+        }
+        let (users, more) = self.user_list(limits::MAX_JOIN_LISTED_USERS);
+        let head = self.history.head();
+        let joined = Reply::Joined {
+            users,
+            more,
+            ticket,
+            epoch: self.history.epoch(),
+            seq: head,
+            limits: self.rules.flood,
+        };
+        let backlog = usize::from(backlog.min(limits::MAX_BACKLOG));
+        let result = peer
+            .reply(joined)
+            .and_then(|()| self.start_reading(&peer, id, session, head + 1, backlog));
+        if let Err(e) = result {
+            self.delivery_failed(id, e);
+        }
+        self.broadcast(EventKind::Joined { nick }, session);
+    }
+
+    /// Starts the room's events for a member: the backlog, then the history from `from`
+    /// (or, for a peer that does not read it, event by event).
+    fn start_reading(
+        &mut self,
+        peer: &Arc<dyn Peer>,
+        id: ConnId,
+        session: SessionId,
+        from: u64,
+        backlog: usize,
+    ) -> Result<(), DeliveryError> {
+        if peer.reads_history() {
+            peer.send_frames(self.history.backlog(backlog))?;
+            peer.subscribe(session, from)
+        } else {
+            self.fed.insert(session, id);
+            Ok(())
+        }
+    }
+
+    fn resume(&mut self, id: ConnId, ticket: SessionTicket, epoch: u64, last_seq: u64) {
+        let Some(connection) = self.connections.get(&id) else {
+            return;
+        };
+        let failure = if connection.session.is_some() {
+            Some(ResumeFailure::AlreadyJoined)
+        } else if epoch != self.history.epoch() {
+            Some(ResumeFailure::EpochChanged)
+        } else {
+            match self.sessions.get(&ticket.id) {
+                Some(s) if bool::from(s.secret.ct_eq(&ticket.secret)) => {
+                    let nick_taken = !s.in_room && self.members.contains_key(s.nick.as_str());
+                    nick_taken.then_some(ResumeFailure::NickInUse)
+                }
+                _ => Some(ResumeFailure::UnknownSession),
+            }
+        };
+        if let Some(reason) = failure {
+            tracing::debug!(?reason, "resume refused");
+            self.reply(id, Reply::ResumeFailed { reason });
+            return;
+        }
+        let session_id = ticket.id;
+        let peer = Arc::clone(&connection.peer);
+        // A stale connection of the same session (its client is gone but the server has
+        // not noticed yet) is replaced at once, without telling the room.
+        let stale = self.sessions.get(&session_id).and_then(|s| s.conn);
+        if let Some(old) = stale
+            && let Some(old_connection) = self.connections.get_mut(&old)
+        {
+            old_connection.session = None;
+            if !old_connection.closed {
+                old_connection.closed = true;
+                old_connection.peer.close(LeaveReason::ConnectionLost);
+            }
+            self.fed.remove(&session_id);
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        session.conn = Some(id);
+        let rejoined = !session.in_room;
+        session.in_room = true;
+        session.departed_at = None;
+        let nick = session.nick.as_str().to_string();
+        if rejoined {
+            self.departed.retain(|s| *s != session_id);
+            self.members.insert(nick.clone(), session_id);
+        }
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.session = Some(session_id);
+        }
+        tracing::info!(%nick, node = %peer.node(), rejoined, "resumed");
+        let missed = self
+            .history
+            .missed(session_id, last_seq.min(self.history.head()));
+        let (users, more) = self.user_list(limits::MAX_JOIN_LISTED_USERS);
+        let resumed = Reply::Resumed {
+            missed: missed.kept,
+            lost: missed.lost,
+            rejoined,
+            users,
+            more,
+            seq: missed.head,
+            limits: self.rules.flood,
+        };
+        let result = peer
+            .reply(resumed)
+            .and_then(|()| self.start_reading(&peer, id, session_id, missed.from, 0));
+        if let Err(e) = result {
+            self.delivery_failed(id, e);
+        }
+        if rejoined {
+            self.broadcast(EventKind::Joined { nick }, session_id);
+        }
+    }
+
+    fn leave(&mut self, id: ConnId) {
+        let Some(session) = self.member_session(id) else {
+            self.reply(id, Reply::NotJoined);
+            return;
+        };
+        self.remove_member(session, LeaveReason::Left);
+        self.reply(id, Reply::Left);
+        if let Some(connection) = self.connections.get(&id)
+            && let Err(e) = connection.peer.unsubscribe()
+        {
+            self.delivery_failed(id, e);
+        }
+    }
+
+    /// For a message with the client's id `msg_id` from `session`: `None` to go ahead, or
+    /// the acknowledgement of a message already sent.
+    fn repeated(&self, session: SessionId, msg_id: u64) -> Option<Reply> {
+        let (last, seq) = self.sessions.get(&session)?.last_msg;
+        let seq = if msg_id == last { seq } else { 0 };
+        (msg_id != 0 && msg_id <= last).then_some(Reply::Sent { id: msg_id, seq })
+    }
+
+    /// Records that `msg_id` became `seq` and acknowledges it.
+    fn sent(&mut self, id: ConnId, session: SessionId, msg_id: u64, seq: u64) {
+        if msg_id == 0 {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.last_msg = (msg_id, seq);
+        }
+        self.reply(id, Reply::Sent { id: msg_id, seq });
+    }
+
+    fn say(&mut self, id: ConnId, msg_id: u64, text: String) {
+        let Some(session) = self.member_session(id) else {
+            self.reply(id, Reply::NotJoined);
+            return;
+        };
+        if let Some(ack) = self.repeated(session, msg_id) {
+            self.reply(id, ack);
+            return;
+        }
+        let from = self.sessions[&session].nick.as_str().to_string();
+        let seq = self.broadcast(EventKind::Message { from, text }, session);
+        self.sent(id, session, msg_id, seq);
+    }
+
+    fn private(&mut self, id: ConnId, msg_id: u64, to: String, text: String) {
+        let Some(session) = self.member_session(id) else {
+            self.reply(id, Reply::NotJoined);
+            return;
+        };
+        if let Some(ack) = self.repeated(session, msg_id) {
+            self.reply(id, ack);
+            return;
+        }
+        let Some(&target) = self.members.get(&to) else {
+            self.reply(id, Reply::NoSuchUser { nick: to });
+            return;
+        };
+        let from = self.sessions[&session].nick.as_str().to_string();
+        let seq = self.publish(
+            EventKind::Private { from, text },
+            Audience::One(target),
+            EntryKind::Private,
+        );
+        self.sent(id, session, msg_id, seq);
+    }
+
+    /// Sends `kind` to every member but the session `except`. Returns its sequence
+    /// number.
+    fn broadcast(&mut self, kind: EventKind, except: SessionId) -> u64 {
+        let entry = match kind {
+            EventKind::Message { .. } => EntryKind::Message,
+            EventKind::Joined { .. } | EventKind::Left { .. } => EntryKind::Presence,
+            EventKind::Private { .. } => EntryKind::Private,
+            EventKind::Notice { .. } => EntryKind::Notice,
+        };
+        self.publish(kind, Audience::Room { except }, entry)
+    }
+
+    /// Numbers `kind`, appends it to the history (where native members' writers find it)
+    /// and hands it to the fed members it is for. Members whose delivery fails are
+    /// dropped; their departures are queued, not broadcast from here.
+    fn publish(&mut self, kind: EventKind, audience: Audience, entry: EntryKind) -> u64 {
+        self.seq += 1;
+        let seq = self.seq;
+        let event = match RoomEvent::new_in(Event { seq, kind }, &mut self.frames) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a room event");
+                return seq;
+            }
+        };
+        self.history
+            .append(seq, event.native_frame().clone(), audience, entry);
         let mut failed = Vec::new();
-        for (id, peer) in self.members.values() {
-            if Some(*id) == except {
+        for (&session, &conn) in &self.fed {
+            if !audience.includes(session) {
                 continue;
             }
-            if let Err(e) = peer.deliver(&event) {
-                failed.push((*id, e));
+            if let Some(connection) = self.connections.get(&conn)
+                && let Err(e) = connection.peer.deliver(&event)
+            {
+                failed.push((conn, e));
             }
         }
-        for (id, error) in failed {
-            self.delivery_failed(id, error);
+        for (conn, error) in failed {
+            self.delivery_failed(conn, error);
         }
+        seq
     }
 
     fn delivery_failed(&mut self, id: ConnId, error: DeliveryError) {
@@ -330,29 +740,49 @@ impl Registry {
         };
         // A failure can be seen several times (a broadcast about the departure of one
         // slow member may find another still full): close and log only once.
-        if let Some(connection) = self.connections.get_mut(&id).filter(|c| !c.closed) {
-            connection.closed = true;
+        if let Some(connection) = self.connections.get(&id).filter(|c| !c.closed) {
             tracing::info!(node = %connection.peer.node(), %error, "dropping connection");
-            connection.peer.close(reason);
         }
-        self.remove_member(id, reason);
+        self.drop_connection(id, reason);
     }
 
-    /// Takes `id` out of the room and tells the others; false if it was not a member.
-    fn remove_member(&mut self, id: ConnId, reason: LeaveReason) -> bool {
-        let Some(nick) = self
-            .connections
-            .get_mut(&id)
-            .and_then(|connection| connection.nick.take())
-        else {
+    /// Takes `session` out of the room and queues the announcement to the others (see
+    /// [`Registry::departures`]); false if it was not in the room. A session that left
+    /// on purpose is forgotten; any other stays resumable for a while.
+    fn remove_member(&mut self, session: SessionId, reason: LeaveReason) -> bool {
+        let Some(s) = self.sessions.get_mut(&session).filter(|s| s.in_room) else {
             return false;
         };
+        s.in_room = false;
+        s.departed_at = Some(Instant::now());
+        let nick = s.nick.as_str().to_string();
         self.members.remove(&nick);
+        self.fed.remove(&session);
         tracing::info!(%nick, reason = reason.describe(), "left");
+        if reason == LeaveReason::Left {
+            self.forget(session);
+        } else {
+            self.departed.push_back(session);
+            while self.departed.len() > self.rules.max_departed {
+                if let Some(oldest) = self.departed.pop_front() {
+                    self.forget(oldest);
+                }
+            }
+        }
         if !self.shutting_down {
-            self.broadcast(EventKind::Left { nick, reason }, None);
+            self.departures.push_back((nick, session, reason));
         }
         true
+    }
+
+    /// Forgets a session that is not in the room.
+    fn forget(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.remove(&session)
+            && let Some(conn) = s.conn
+            && let Some(connection) = self.connections.get_mut(&conn)
+        {
+            connection.session = None;
+        }
     }
 
     fn reply(&mut self, id: ConnId, reply: Reply) {
@@ -368,20 +798,35 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use protocol::codec::{MAX_FRAME_LEN, decode, encode_frame};
     use protocol::{NodeName, ServerMessage};
 
     use super::*;
 
-    /// A peer that records what it is handed.
+    /// A fed peer that records what it is handed.
     struct Recorder {
         node: NodeName,
         replies: Mutex<Vec<Reply>>,
+        events: Mutex<Vec<Event>>,
+    }
+
+    impl Recorder {
+        fn new() -> Arc<Self> {
+            Arc::new(Recorder {
+                node: NodeName::parse_long("client@localhost").unwrap(),
+                replies: Mutex::default(),
+                events: Mutex::default(),
+            })
+        }
     }
 
     impl Peer for Recorder {
-        fn deliver(&self, _event: &RoomEvent) -> Result<(), DeliveryError> {
+        fn deliver(&self, event: &RoomEvent) -> Result<(), DeliveryError> {
+            if let ServerMessage::Event(event) = event.message() {
+                self.events.lock().unwrap().push(event.clone());
+            }
             Ok(())
         }
         fn reply(&self, reply: Reply) -> Result<(), DeliveryError> {
@@ -397,23 +842,122 @@ mod tests {
         }
     }
 
-    /// Joins `members` peers with nicks made by `nick`; returns the last one's replies.
-    fn fill_room(members: u64, nick: impl Fn(u64) -> String) -> Vec<Reply> {
-        let mut registry = Registry::default();
-        let mut last = None;
-        for id in 0..members {
-            let peer = Arc::new(Recorder {
-                node: NodeName::parse_long("client@localhost").unwrap(),
-                replies: Mutex::default(),
-            });
-            registry.handle(Command::Attach {
-                id,
-                peer: peer.clone(),
-            });
-            registry.handle(Command::Join { id, nick: nick(id) });
-            last = Some(peer);
+    /// A peer that reads the history (so the registry hands it nothing per event) and
+    /// ignores everything: room filler.
+    struct Quiet(NodeName);
+
+    impl Peer for Quiet {
+        fn deliver(&self, _event: &RoomEvent) -> Result<(), DeliveryError> {
+            Ok(())
         }
-        last.unwrap().replies.lock().unwrap().clone()
+        fn reply(&self, _reply: Reply) -> Result<(), DeliveryError> {
+            Ok(())
+        }
+        fn close(&self, _reason: LeaveReason) {}
+        fn node(&self) -> &NodeName {
+            &self.0
+        }
+        fn tick(&self, _silence_limit: Duration) -> bool {
+            true
+        }
+        fn reads_history(&self) -> bool {
+            true
+        }
+    }
+
+    fn registry() -> Registry {
+        Registry::new(
+            Arc::new(History::new(10_000, 1 << 24, 1)),
+            RoomRules::default(),
+        )
+    }
+
+    /// Joins `members` peers with nicks made by `nick` (all but the last quiet); returns
+    /// the last one's replies.
+    fn fill_room(members: u64, nick: impl Fn(u64) -> String) -> (Registry, Vec<Reply>) {
+        let mut registry = registry();
+        let last = Recorder::new();
+        for id in 0..members {
+            let peer: Arc<dyn Peer> = if id + 1 == members {
+                last.clone()
+            } else {
+                Arc::new(Quiet(NodeName::parse_long("filler@localhost").unwrap()))
+            };
+            registry.handle(Command::Attach { id, peer });
+            let nick = nick(id);
+            registry.handle(Command::Join {
+                id,
+                nick,
+                backlog: 0,
+            });
+        }
+        let replies = last.replies.lock().unwrap().clone();
+        (registry, replies)
+    }
+
+    /// A fed peer that takes everything until `dead` is set, then reports itself closed.
+    struct Mortal {
+        node: NodeName,
+        dead: Arc<AtomicBool>,
+    }
+
+    impl Peer for Mortal {
+        fn deliver(&self, _event: &RoomEvent) -> Result<(), DeliveryError> {
+            self.reply(Reply::Left)
+        }
+        fn reply(&self, _reply: Reply) -> Result<(), DeliveryError> {
+            if self.dead.load(Ordering::Relaxed) {
+                Err(DeliveryError::Closed)
+            } else {
+                Ok(())
+            }
+        }
+        fn close(&self, _reason: LeaveReason) {}
+        fn node(&self) -> &NodeName {
+            &self.node
+        }
+        fn tick(&self, _silence_limit: Duration) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_broadcast_that_finds_every_member_dead_does_not_recurse() {
+        // Issue 8: each dead member found by a broadcast used to broadcast its departure
+        // from inside the broadcast, one stack frame deeper per member. On a 256 KiB
+        // stack, 5,000 members overflowed it that way.
+        let members = 5_000;
+        let survived = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let dead = Arc::new(AtomicBool::new(false));
+                let mut registry = registry();
+                for id in 0..members {
+                    let peer = Arc::new(Mortal {
+                        node: NodeName::parse_long("client@localhost").unwrap(),
+                        dead: dead.clone(),
+                    });
+                    registry.handle(Command::Attach { id, peer });
+                    let nick = format!("n{id}");
+                    registry.handle(Command::Join {
+                        id,
+                        nick,
+                        backlog: 0,
+                    });
+                }
+                dead.store(true, Ordering::Relaxed);
+                let text = "anyone?".to_string();
+                registry.handle(Command::Say {
+                    id: 0,
+                    msg_id: 0,
+                    text,
+                });
+                registry.members.len()
+            })
+            .unwrap()
+            .join()
+            .expect("the registry survives");
+        assert_eq!(survived, 0, "every dead member is removed");
     }
 
     #[test]
@@ -427,9 +971,16 @@ mod tests {
             ),
             (10_000, Box::new(|id| format!("{id}"))),
         ] {
-            let replies = fill_room(members, nick);
-            let Some(Reply::Joined { users, more }) = replies.first() else {
-                panic!("expected a join answer, got {replies:?}");
+            let (mut registry, _) = fill_room(members, nick);
+            let asker = Recorder::new();
+            registry.handle(Command::Attach {
+                id: u64::MAX,
+                peer: asker.clone(),
+            });
+            registry.handle(Command::ListUsers { id: u64::MAX });
+            let replies = asker.replies.lock().unwrap().clone();
+            let Some(Reply::Users { users, more }) = replies.first() else {
+                panic!("expected a user list, got {replies:?}");
             };
             assert_eq!(users.len() + *more as usize, members as usize);
             assert!(*more > 0, "{members} nicks cannot all be listed");
@@ -440,5 +991,123 @@ mod tests {
             let decoded: ServerMessage = decode(&frame[4..]).expect("the answer decodes");
             assert_eq!(decoded, ServerMessage::Reply(replies[0].clone()));
         }
+    }
+
+    #[test]
+    fn a_join_answer_lists_a_bounded_number_of_nicks_whatever_the_room() {
+        let (_, replies) = fill_room(5_000, |id| format!("m{id}"));
+        let Some(Reply::Joined { users, more, .. }) = replies.first() else {
+            panic!("expected a join answer, got {replies:?}");
+        };
+        assert_eq!(users.len(), limits::MAX_JOIN_LISTED_USERS);
+        assert_eq!(users.len() + *more as usize, 5_000);
+    }
+
+    #[test]
+    fn a_message_sent_again_is_acknowledged_but_not_repeated() {
+        let mut registry = registry();
+        let (speaker, listener) = (Recorder::new(), Recorder::new());
+        for (id, peer, nick) in [(1, &speaker, "ann"), (2, &listener, "bob")] {
+            registry.handle(Command::Attach {
+                id,
+                peer: peer.clone(),
+            });
+            registry.handle(Command::Join {
+                id,
+                nick: nick.into(),
+                backlog: 0,
+            });
+        }
+        for _ in 0..2 {
+            registry.handle(Command::Say {
+                id: 1,
+                msg_id: 7,
+                text: "once".into(),
+            });
+        }
+        let said: Vec<Event> = listener
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Message { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(said.len(), 1, "the room hears it once: {said:?}");
+        let acks: Vec<Reply> = speaker
+            .replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r, Reply::Sent { .. }))
+            .cloned()
+            .collect();
+        let seq = said[0].seq;
+        assert_eq!(
+            acks,
+            [Reply::Sent { id: 7, seq }, Reply::Sent { id: 7, seq }]
+        );
+    }
+
+    #[test]
+    fn a_session_resumes_with_its_ticket_only() {
+        let mut registry = registry();
+        let first = Recorder::new();
+        registry.handle(Command::Attach {
+            id: 1,
+            peer: first.clone(),
+        });
+        registry.handle(Command::Join {
+            id: 1,
+            nick: "ann".into(),
+            backlog: 0,
+        });
+        let Some(Reply::Joined { ticket, epoch, .. }) =
+            first.replies.lock().unwrap().first().cloned()
+        else {
+            panic!("not joined");
+        };
+        registry.handle(Command::Detach {
+            id: 1,
+            reason: LeaveReason::ConnectionLost,
+        });
+        let thief = Recorder::new();
+        registry.handle(Command::Attach {
+            id: 2,
+            peer: thief.clone(),
+        });
+        let forged = SessionTicket {
+            id: ticket.id,
+            secret: [0; 16],
+        };
+        registry.handle(Command::Resume {
+            id: 2,
+            ticket: forged,
+            epoch,
+            last_seq: 0,
+        });
+        assert_eq!(
+            thief.replies.lock().unwrap().as_slice(),
+            [Reply::ResumeFailed {
+                reason: ResumeFailure::UnknownSession
+            }]
+        );
+        let back = Recorder::new();
+        registry.handle(Command::Attach {
+            id: 3,
+            peer: back.clone(),
+        });
+        registry.handle(Command::Resume {
+            id: 3,
+            ticket,
+            epoch,
+            last_seq: 0,
+        });
+        let replies = back.replies.lock().unwrap().clone();
+        assert!(
+            matches!(replies.as_slice(), [Reply::Resumed { rejoined: true, .. }]),
+            "{replies:?}"
+        );
+        assert!(registry.members.contains_key("ann"));
     }
 }

@@ -131,7 +131,10 @@ pub async fn send(server: &mut ServerSide, msg: ServerMessage) {
 pub async fn answer_join(server: &mut ServerSide, nick: &str, answer: Reply) {
     assert_eq!(
         next(server).await,
-        Some(ClientMessage::Join { nick: nick.into() })
+        Some(ClientMessage::Join {
+            nick: nick.into(),
+            backlog: 0
+        })
     );
     send(server, ServerMessage::Reply(answer)).await;
 }
@@ -141,6 +144,16 @@ pub fn joined(users: &[&str]) -> Reply {
     Reply::Joined {
         users: users.iter().map(|u| u.to_string()).collect(),
         more: 0,
+        ticket: protocol::SessionTicket {
+            id: 1,
+            secret: [7; 16],
+        },
+        epoch: 1,
+        seq: 0,
+        limits: protocol::FloodLimits {
+            interval_us: 100_000,
+            burst: 20,
+        },
     }
 }
 
