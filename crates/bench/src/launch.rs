@@ -1,6 +1,7 @@
-//! Starting what the bench measures: a release `chat-server` with its own port mapper, or
-//! the baseline relay (`chat-bench relay`), each as a child process; or a server that is
-//! already running.
+//! Starting what the bench measures: a release `chat-server` with its own port mapper, a
+//! baseline `chat-server` (another build, such as main before the secure channel), or the
+//! baseline relay (`chat-bench relay`), each as a child process, optionally pinned to
+//! CPUs; or a server that is already running.
 //!
 //! Every child is killed when its handle drops (`kill_on_drop`), which covers normal
 //! exit, errors and Ctrl-C (the bench turns SIGINT/SIGTERM into an error so handles drop);
@@ -17,11 +18,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use protocol::{Cookie, NodeName};
+use protocol::NodeName;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::conn::Endpoint;
+use crate::affinity;
+use crate::client;
+use crate::session::{Dialect, Endpoint};
+use crate::wire::Layout;
 
 /// Time a child has to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -37,6 +41,8 @@ pub const BENCH_SEND_QUEUE: usize = 65_536;
 pub enum TargetKind {
     /// `chat-server`.
     Server,
+    /// A second `chat-server` binary (`--baseline-server`), speaking protocol version 1.
+    Baseline,
     /// The baseline relay built into chat-bench.
     Relay,
 }
@@ -45,6 +51,7 @@ impl fmt::Display for TargetKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Server => "server",
+            Self::Baseline => "baseline",
             Self::Relay => "relay",
         })
     }
@@ -58,7 +65,7 @@ pub struct ExternalServer {
     /// Its address.
     pub addr: SocketAddr,
     /// The cookie.
-    pub cookie: Cookie,
+    pub cookie: String,
     /// Its process id, when known, for CPU and RSS.
     pub pid: Option<u32>,
 }
@@ -66,7 +73,7 @@ pub struct ExternalServer {
 /// Parses `NAME@HOST:PORT` and resolves the host.
 pub async fn resolve_external(
     spec: &str,
-    cookie: Cookie,
+    cookie: String,
     pid: Option<u32>,
 ) -> Result<ExternalServer> {
     let (name, port) = spec
@@ -94,6 +101,8 @@ pub async fn resolve_external(
 pub struct LaunchConfig {
     /// The `chat-server` binary.
     pub server_bin: PathBuf,
+    /// The baseline `chat-server` binary, if any.
+    pub baseline_bin: Option<PathBuf>,
     /// Extra arguments for every started server (after the bench's own).
     pub server_args: Vec<String>,
     /// `RUST_LOG` for started servers; `None` keeps the server's default (`info`).
@@ -148,6 +157,14 @@ impl Launcher {
                 config.server_bin.display()
             );
         }
+        if let Some(baseline) = &config.baseline_bin
+            && !baseline.is_file()
+        {
+            bail!(
+                "baseline server {} not found: build one with scripts/build-baseline.sh REV",
+                baseline.display()
+            );
+        }
         fs::create_dir_all(&config.log_dir)
             .with_context(|| format!("cannot create {}", config.log_dir.display()))?;
         Ok(Self {
@@ -159,24 +176,49 @@ impl Launcher {
         })
     }
 
-    /// Starts (or, with `--server`, points at) a fresh target of `kind`.
-    pub async fn start(&mut self, kind: TargetKind) -> Result<Running> {
+    /// Starts (or, with `--server`, points at) a fresh target of `kind`, pinned to the
+    /// CPUs of `cpus` when given.
+    pub async fn start(
+        &mut self,
+        kind: TargetKind,
+        cpus: Option<libc::cpu_set_t>,
+    ) -> Result<Running> {
         match kind {
             TargetKind::Server => match self.config.external.clone() {
-                Some(external) => Ok(Running {
-                    endpoint: Endpoint::Server {
-                        addr: external.addr,
-                        name: external.name,
-                        cookie: external.cookie,
-                    },
-                    pid: external.pid,
-                    log: None,
-                    fresh_room: false,
-                    _child: None,
-                }),
-                None => self.start_server().await,
+                Some(external) => {
+                    if cpus.is_some() {
+                        bail!("a pinned run needs a target the bench starts, not --server");
+                    }
+                    Ok(Running {
+                        endpoint: Endpoint {
+                            addr: external.addr,
+                            dialect: Dialect::CURRENT,
+                            layout: Layout::CURRENT,
+                            server_name: external.name.to_string(),
+                            cookie: external.cookie,
+                        },
+                        pid: external.pid,
+                        log: None,
+                        fresh_room: false,
+                        _child: None,
+                    })
+                }
+                None => {
+                    let bin = self.config.server_bin.clone();
+                    self.start_server(&bin, Dialect::CURRENT, Some(Layout::CURRENT), cpus)
+                        .await
+                }
             },
-            TargetKind::Relay => self.start_relay().await,
+            TargetKind::Baseline => {
+                let bin = self
+                    .config
+                    .baseline_bin
+                    .clone()
+                    .context("no --baseline-server given")?;
+                // An older build may predate sessions: ask it which messages it speaks.
+                self.start_server(&bin, Dialect::V1, None, cpus).await
+            }
+            TargetKind::Relay => self.start_relay(cpus).await,
         }
     }
 
@@ -188,7 +230,7 @@ impl Launcher {
         command
             .args(["port-mapper", "--port", "0", "--bind", "127.0.0.1"])
             .stderr(Stdio::null());
-        let (child, stdout) = spawn(command)?;
+        let (child, stdout) = spawn(command, None)?;
         let mut guard = ChildGuard(child);
         let line = ready_line(stdout, "port mapper ready on port ", &mut guard.0, None).await?;
         let port = parse_port(&line, "port mapper ready on port ")?;
@@ -197,7 +239,13 @@ impl Launcher {
         Ok(port)
     }
 
-    async fn start_server(&mut self) -> Result<Running> {
+    async fn start_server(
+        &mut self,
+        bin: &Path,
+        dialect: Dialect,
+        layout: Option<Layout>,
+        cpus: Option<libc::cpu_set_t>,
+    ) -> Result<Running> {
         let mapper_port = self.mapper_port().await?;
         self.starts += 1;
         let name = NodeName::from_parts(&format!("bench{}", self.starts), "localhost")?;
@@ -207,7 +255,7 @@ impl Launcher {
             .join(format!("server-{}.log", self.starts));
         let log_file =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(&self.config.server_bin);
+        let mut command = Command::new(bin);
         command
             .arg("--name")
             .arg(name.to_string())
@@ -221,20 +269,28 @@ impl Launcher {
             Some(level) => command.env("RUST_LOG", level),
             None => command.env_remove("RUST_LOG"),
         };
-        let (child, stdout) = spawn(command)?;
+        let (child, stdout) = spawn(command, cpus)?;
         let mut guard = ChildGuard(child);
         let prefix = format!("chat-server {name} ready on port ");
         let line = ready_line(stdout, &prefix, &mut guard.0, Some(&log)).await?;
         let port = parse_port(&line, &prefix)?;
         let pid = guard.0.id();
         tracing::debug!(%name, port, ?pid, log = %log.display(), "server started");
-        let cookie = Cookie::new(&self.cookie).context("empty cookie")?;
+        let mut endpoint = Endpoint {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            dialect,
+            layout: layout.unwrap_or(Layout::CURRENT),
+            server_name: name.to_string(),
+            cookie: self.cookie.clone(),
+        };
+        if layout.is_none() {
+            endpoint.layout = client::detect_layout(&endpoint)
+                .await
+                .with_context(|| format!("cannot tell which messages {} speaks", bin.display()))?;
+            tracing::info!(layout = ?endpoint.layout, bin = %bin.display(), "baseline server's messages");
+        }
         Ok(Running {
-            endpoint: Endpoint::Server {
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                name,
-                cookie,
-            },
+            endpoint,
             pid,
             log: Some(log),
             fresh_room: true,
@@ -242,7 +298,7 @@ impl Launcher {
         })
     }
 
-    async fn start_relay(&mut self) -> Result<Running> {
+    async fn start_relay(&mut self, cpus: Option<libc::cpu_set_t>) -> Result<Running> {
         let mut command = Command::new(&self.bench_bin);
         command
             .args(["relay", "--port", "0", "--bind", "127.0.0.1"])
@@ -250,15 +306,19 @@ impl Launcher {
             .arg(BENCH_SEND_QUEUE.to_string())
             .env_remove("RUST_LOG")
             .stderr(Stdio::inherit());
-        let (child, stdout) = spawn(command)?;
+        let (child, stdout) = spawn(command, cpus)?;
         let mut guard = ChildGuard(child);
         let line = ready_line(stdout, "relay ready on port ", &mut guard.0, None).await?;
         let port = parse_port(&line, "relay ready on port ")?;
         let pid = guard.0.id();
         tracing::debug!(port, ?pid, "relay started");
         Ok(Running {
-            endpoint: Endpoint::Relay {
+            endpoint: Endpoint {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                dialect: Dialect::Relay,
+                layout: Layout::CURRENT,
+                server_name: String::new(),
+                cookie: String::new(),
             },
             pid,
             log: None,
@@ -290,18 +350,23 @@ fn policy_args(user_args: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Spawns `command` with piped stdout, killed on drop and when the bench dies.
-fn spawn(mut command: Command) -> Result<(Child, ChildStdout)> {
+/// Spawns `command` with piped stdout, killed on drop and when the bench dies, and
+/// pinned to `cpus` when given.
+fn spawn(mut command: Command, cpus: Option<libc::cpu_set_t>) -> Result<(Child, ChildStdout)> {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-    // is async-signal-safe; it allocates nothing and touches no locks.
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl and
+    // sched_setaffinity, which are async-signal-safe; it allocates nothing and touches no
+    // locks (the CPU set was built before the fork and is copied in).
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(set) = &cpus {
+                affinity::pin_thread(0, set)?;
             }
             Ok(())
         });

@@ -2,21 +2,30 @@
 //! baseline relay to compare it with.
 //!
 //! Start-up: parse the flags, raise the open-files limit, then for every workload and
-//! every target (server, relay, or both) start a fresh target process, run the workload,
-//! and print one row; finally the table (or JSON lines) with the server's figures as
-//! ratios of the relay's. SIGINT/SIGTERM end the run and every child process with it.
-//! The exit status is 0 only when every run completed with zero loss and no reordering.
+//! every target (server, baseline server, relay) start a fresh target process, run the
+//! workload, and print one row; finally the table (or JSON lines) with each server's
+//! figures as ratios of the relay's and of the baseline's. SIGINT/SIGTERM end the run and
+//! every child process with it. The exit status is 0 only when every run completed with
+//! zero loss and no reordering.
 //!
 //! The hidden `relay` subcommand is the baseline relay itself, started by the bench as a
 //! child process so its CPU and memory are measured like the server's.
 
-mod conn;
+mod affinity;
+mod client;
+mod engine;
+mod frames;
 mod launch;
+mod legacy;
+mod probe;
 mod procfs;
 mod relay;
 mod report;
 mod run;
+mod session;
 mod stats;
+mod window;
+mod wire;
 mod workload;
 
 use std::net::IpAddr;
@@ -26,7 +35,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use protocol::Cookie;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -42,7 +50,13 @@ throughput, not policy: --rate 1000000 --burst 1000000 --send-queue 65536
 --max-clients 1000000. Each workload gets a fresh server. --target relay (or
 --baseline-relay) measures the built-in baseline relay instead (no preamble, no handshake,
 no registry, no validation; same framing), --target all measures both back to back and
-prints the server's figures as ratios of the relay's.
+prints the server's figures as ratios of the relay's. --baseline-server PATH adds a
+second chat-server binary to every run (a build of an older main, speaking protocol
+version 1: scripts/build-baseline.sh REV builds one), compared with ours in the same run.
+
+Generator: clients are spread over --threads threads (default: one per CPU the bench may
+use), each running one poll loop. Pinned runs (fanout --pin, and the suite's pinned rows)
+put the target on the first CPU and the generator on the others.
 
 Open files: every client is one socket in the bench and one in the target. chat-bench
 raises its open-files soft limit to the hard limit (setrlimit) at start, and the server and
@@ -54,10 +68,11 @@ server given with --server must have its own limit raised.
 Columns: rate is deliveries/s (fanout, openloop), joins/s (join) or target RSS bytes per
 idle joined connection (idle); p50/p99/p99.9 are latencies in microseconds (send, or
 scheduled send for openloop, to receive; connect to join reply for join); CPU-s/1M is the
-target's CPU seconds (utime + stime from /proc) per million units of the rate; bench CPU
-is the generator's own CPU; other CPU is everything else on the machine during the window
-(a high value means a noisy measurement); vs relay is the server's figure divided by the
-relay's from the same run.
+target's CPU seconds (utime + stime from /proc) per million units of the rate (for joins:
+microseconds of target CPU per join); bench CPU is the generator's own CPU; other CPU is
+everything else on the machine during the window (a high value means a noisy
+measurement); vs relay and vs baseline divide a server's figure by that target's from the
+same run.
 
 Exit status: 0 when every run completed with zero loss and no reordering, 1 when a run
 failed (loss, reorder, disconnect, a client dropped by the server), 2 on a usage or
@@ -77,11 +92,11 @@ struct Cli {
 /// Which implementation to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TargetChoice {
-    /// chat-server.
+    /// chat-server (and the baseline server, when given).
     Server,
     /// The built-in baseline relay.
     Relay,
-    /// Both, back to back, with ratios.
+    /// All of them, back to back, with ratios.
     All,
 }
 
@@ -93,6 +108,13 @@ struct TargetArgs {
     /// Measure the baseline relay (same as --target relay).
     #[arg(long, global = true, conflicts_with = "target")]
     baseline_relay: bool,
+    /// A second chat-server binary to measure in the same run and compare with (protocol
+    /// version 1; see scripts/build-baseline.sh).
+    #[arg(long, global = true, value_name = "PATH")]
+    baseline_server: Option<PathBuf>,
+    /// Generator threads [default: one per CPU the generator may use].
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
     /// Use a running server instead of starting one.
     #[arg(long, global = true, value_name = "NAME@HOST:PORT")]
     server: Option<String>,
@@ -137,8 +159,9 @@ enum Mode {
     Idle(IdleArgs),
     /// Joins per second (connect + handshake + join, broadcast to the room).
     Join(JoinArgs),
-    /// The whole matrix of issue 4: fan-out N=10/100/1000 with S=N and S=1, open loop at
-    /// N=100, idle at K=1000/5000/10000, join 1000; against both targets by default.
+    /// The whole matrix: fan-out N=100/1000 with S=N and S=1, pinned fan-out, open loop
+    /// at N=100, joins at K=1000/10000 (10 in flight), idle at K=10000 (100 joins in
+    /// flight); against every target by default. --quick for a short version.
     Suite(SuiteArgs),
     /// Run the baseline relay in the foreground (started by the bench itself).
     #[command(hide = true)]
@@ -165,6 +188,9 @@ struct FanoutArgs {
     /// Clients connecting at once while the room fills.
     #[arg(long, default_value_t = 64)]
     connect_in_flight: usize,
+    /// Pin the target to one CPU and the generator to the others.
+    #[arg(long)]
+    pin: bool,
 }
 
 #[derive(Args)]
@@ -216,21 +242,40 @@ struct JoinArgs {
 
 #[derive(Args)]
 struct SuiteArgs {
-    /// Fan-out room sizes; each runs with S=N and with S=1.
-    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
-    fanout_clients: Vec<usize>,
-    /// Fan-out sending time, seconds.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Open-loop offered deliveries per second, at N=100.
-    #[arg(long, default_value_t = 1_000_000.0)]
-    rate: f64,
-    /// Idle connection counts.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
-    idle_clients: Vec<usize>,
-    /// Clients of the join workload (10 in flight).
-    #[arg(long, default_value_t = 1000)]
-    join_clients: usize,
+    /// A short version (about a minute): N=100 only, 1 s runs, K=1000.
+    #[arg(long)]
+    quick: bool,
+    /// Fan-out room sizes; each runs with S=N and with S=1 [default: 100,1000; quick: 100].
+    #[arg(long, value_delimiter = ',')]
+    fanout_clients: Option<Vec<usize>>,
+    /// Pinned fan-out runs as N:S pairs [default: 100:1,1000:1000; quick: 100:1].
+    #[arg(long, value_delimiter = ',', value_parser = parse_pair)]
+    pinned: Option<Vec<(usize, usize)>>,
+    /// Fan-out and open-loop sending time, seconds [default: 5; quick: 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Open-loop offered deliveries per second, at N=100 [default: 500000,2000000; quick:
+    /// 500000].
+    #[arg(long, value_delimiter = ',')]
+    rate: Option<Vec<f64>>,
+    /// Clients of the join workload, 10 in flight [default: 1000,10000; quick: 1000].
+    #[arg(long, value_delimiter = ',')]
+    join_clients: Option<Vec<usize>>,
+    /// Idle connection counts, 100 joins in flight [default: 10000; quick: 1000].
+    #[arg(long, value_delimiter = ',')]
+    idle_clients: Option<Vec<usize>>,
+}
+
+/// Parses `N:S`.
+fn parse_pair(text: &str) -> Result<(usize, usize), String> {
+    let (n, s) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not N:S"))?;
+    let number = |v: &str| {
+        v.parse::<usize>()
+            .map_err(|_| format!("{v:?} in {text:?} is not a number"))
+    };
+    Ok((number(n)?, number(s)?))
 }
 
 #[derive(Args)]
@@ -303,7 +348,7 @@ fn seconds(value: f64, flag: &str) -> Result<Duration> {
 
 /// The workloads a command asks for, in order.
 fn plan(mode: &Mode) -> Result<Vec<Workload>> {
-    let fanout = |clients: usize, senders: usize, window, duration, text_len, connect| {
+    let fanout = |clients: usize, senders: usize, window, duration, text_len, connect, pinned| {
         Workload::Fanout(FanoutParams {
             clients,
             senders,
@@ -311,6 +356,7 @@ fn plan(mode: &Mode) -> Result<Vec<Workload>> {
             duration,
             text_len,
             connect_in_flight: connect,
+            pinned,
         })
     };
     Ok(match mode {
@@ -327,6 +373,7 @@ fn plan(mode: &Mode) -> Result<Vec<Workload>> {
                         duration,
                         a.text_len,
                         a.connect_in_flight,
+                        a.pin,
                     )
                 })
                 .collect()
@@ -355,31 +402,60 @@ fn plan(mode: &Mode) -> Result<Vec<Workload>> {
             in_flight: a.in_flight,
         }],
         Mode::Suite(a) => {
-            let duration = seconds(a.duration, "--duration")?;
+            let pick = |given: &Option<Vec<usize>>, full: &[usize], quick: &[usize]| {
+                given
+                    .clone()
+                    .unwrap_or_else(|| if a.quick { quick } else { full }.to_vec())
+            };
+            let duration = seconds(
+                a.duration.unwrap_or(if a.quick { 1.0 } else { 5.0 }),
+                "--duration",
+            )?;
             let mut plan = Vec::new();
-            for &n in &a.fanout_clients {
-                plan.push(fanout(n, n, None, duration, 0, 64));
-                plan.push(fanout(n, 1, None, duration, 0, 64));
+            for n in pick(&a.fanout_clients, &[100, 1000], &[100]) {
+                plan.push(fanout(n, 1, None, duration, 0, 64, false));
+                plan.push(fanout(n, n, None, duration, 0, 64, false));
             }
-            plan.push(Workload::OpenLoop(OpenLoopParams {
-                clients: 100,
-                senders: None,
-                rate: a.rate,
-                duration,
-                text_len: 0,
-                connect_in_flight: 64,
-            }));
-            for &clients in &a.idle_clients {
-                plan.push(Workload::Idle {
+            let pinned = a.pinned.clone().unwrap_or_else(|| {
+                if a.quick {
+                    vec![(100, 1)]
+                } else {
+                    vec![(100, 1), (1000, 1000)]
+                }
+            });
+            for (n, senders) in pinned {
+                plan.push(fanout(n, senders, None, duration, 0, 64, true));
+            }
+            let rates = a.rate.clone().unwrap_or_else(|| {
+                if a.quick {
+                    vec![500_000.0]
+                } else {
+                    vec![500_000.0, 2_000_000.0]
+                }
+            });
+            for rate in rates {
+                plan.push(Workload::OpenLoop(OpenLoopParams {
+                    clients: 100,
+                    senders: None,
+                    rate,
+                    duration,
+                    text_len: 0,
+                    connect_in_flight: 64,
+                }));
+            }
+            for clients in pick(&a.join_clients, &[1000, 10_000], &[1000]) {
+                plan.push(Workload::Join {
                     clients,
                     in_flight: 10,
+                });
+            }
+            for clients in pick(&a.idle_clients, &[10_000], &[1000]) {
+                plan.push(Workload::Idle {
+                    clients,
+                    in_flight: 100,
                     settle: Duration::from_secs(1),
                 });
             }
-            plan.push(Workload::Join {
-                clients: a.join_clients,
-                in_flight: 10,
-            });
             plan
         }
         Mode::Relay(_) => Vec::new(),
@@ -407,9 +483,14 @@ async fn run(cli: Cli) -> Result<bool> {
             _ => TargetChoice::Server,
         })
     };
+    let baseline = t.baseline_server.is_some();
     let targets = match choice {
+        TargetChoice::Server if baseline => vec![TargetKind::Server, TargetKind::Baseline],
         TargetChoice::Server => vec![TargetKind::Server],
         TargetChoice::Relay => vec![TargetKind::Relay],
+        TargetChoice::All if baseline => {
+            vec![TargetKind::Server, TargetKind::Baseline, TargetKind::Relay]
+        }
         TargetChoice::All => vec![TargetKind::Server, TargetKind::Relay],
     };
     if cfg!(debug_assertions) {
@@ -426,8 +507,8 @@ async fn run(cli: Cli) -> Result<bool> {
         Some(spec) => {
             let cookie = t
                 .cookie
-                .as_deref()
-                .and_then(Cookie::new)
+                .clone()
+                .filter(|c| !c.trim().is_empty())
                 .context("--server needs --cookie (or CHAT_COOKIE)")?;
             Some(launch::resolve_external(spec, cookie, t.server_pid).await?)
         }
@@ -447,18 +528,19 @@ async fn run(cli: Cli) -> Result<bool> {
     let mut launcher = Launcher::new(
         LaunchConfig {
             server_bin,
+            baseline_bin: t.baseline_server.clone(),
             server_args: t.server_args.clone(),
             server_log_level: t.server_log.clone(),
             log_dir: log_dir.clone(),
             external,
         },
-        targets.contains(&TargetKind::Server),
+        targets.contains(&TargetKind::Server) || targets.contains(&TargetKind::Baseline),
     )?;
 
     let mut rows = Vec::new();
     for workload in &plan {
         for &target in &targets {
-            let row = measure(&mut launcher, workload, target).await;
+            let row = measure(&mut launcher, workload, target, t.threads).await;
             eprintln!("{}", progress(&row));
             rows.push(row);
         }
@@ -482,7 +564,12 @@ async fn run(cli: Cli) -> Result<bool> {
 }
 
 /// Runs one workload against a fresh target; a failure becomes a failed row.
-async fn measure(launcher: &mut Launcher, workload: &Workload, target: TargetKind) -> Row {
+async fn measure(
+    launcher: &mut Launcher,
+    workload: &Workload,
+    target: TargetKind,
+    threads: Option<usize>,
+) -> Row {
     let mut row = Row::new(workload.name(), target, workload.unit());
     workload.describe(&mut row);
     tracing::info!(
@@ -492,8 +579,12 @@ async fn measure(launcher: &mut Launcher, workload: &Workload, target: TargetKin
         "starting"
     );
     let outcome = async {
-        let running = launcher.start(target).await?;
-        let result = workload.run(&running, &mut row).await;
+        let pinning = workload.pinning()?;
+        let cpus = pinning.as_ref().map(|p| p.target_set());
+        let running = launcher.start(target, cpus).await?;
+        let result = workload
+            .run(&running, pinning.as_ref(), threads, &mut row)
+            .await;
         if let (Err(_), Some(log)) = (&result, &running.log) {
             tracing::warn!(log = %log.display(), "the server's log may say more");
         }

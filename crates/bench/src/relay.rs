@@ -1,17 +1,21 @@
 //! The baseline relay: the least a chat server must do, as a yardstick for `chat-server`.
 //!
-//! Same framing as the real protocol (4-byte big-endian length + bincode through
-//! `protocol::codec`), and nothing else:
+//! Same framing and messages as the real protocol (4-byte big-endian length + bincode, read
+//! and written by [`crate::wire`] without a `String` per field), and nothing else:
 //! - no preamble and no handshake: a connection's first bytes are its first frame;
 //! - no registry and no validation: no nick rules, no rate limit, no liveness ticks;
 //! - a `Join` is answered with `Reply::Joined` listing the joiner alone (no member list),
 //!   and `Joined` is broadcast to everyone already in the room;
-//! - a `Say` is encoded once as a `ServerMessage::Event` and the same `Bytes` pushed
-//!   (`try_send`) to every other member's bounded queue; a full queue closes that member;
-//! - each connection has a reader task and a writer task; the writer writes everything
-//!   queued in one syscall;
+//! - a `Say` is encoded once as a `ServerMessage::Event` and appended to every other
+//!   member's bounded queue, which is that member's pending output: one contiguous buffer
+//!   behind a mutex, as a server's per-client output buffer is (Redis' client output
+//!   buffer; a server that encrypts records must batch its writes that way anyway). A
+//!   delivery costs an uncontended lock and a copy of the frame, with no reference count
+//!   shared between cores; a queue holding `--queue` frames closes that member;
+//! - each connection has a reader task and a writer task; the writer takes the whole
+//!   pending buffer and writes it with one syscall;
 //! - an idle connection holds no buffers: the reader reads into a stack buffer and keeps
-//!   only an incomplete frame's bytes, the writer drops a batch buffer that grew.
+//!   only an incomplete frame's bytes, the writer frees each batch once written.
 //!
 //! It runs as its own process (`chat-bench relay`, started by the bench) so that its CPU
 //! and memory are measured exactly as the server's are.
@@ -22,20 +26,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use protocol::codec::{self, HEADER_LEN, MAX_FRAME_LEN};
-use protocol::{ClientMessage, Event, EventKind, Reply, ServerMessage};
+use std::sync::Mutex;
+
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Largest batch a writer gathers before writing, in bytes.
-const MAX_BATCH: usize = 256 * 1024;
+use crate::wire::{self, ClientFrame};
 
-/// A writer's batch buffer larger than this is released after use.
-const KEEP_BATCH: usize = 16 * 1024;
+/// Capacity a queue starts a batch with, so that a batch of small frames grows by few
+/// reallocations.
+const BATCH_START: usize = 1024;
 
 /// Bytes read per `read` syscall (on the reader's stack, never kept).
 const READ_CHUNK: usize = 16 * 1024;
@@ -43,8 +47,57 @@ const READ_CHUNK: usize = 16 * 1024;
 /// One connected member of the relay's room.
 struct Member {
     id: u64,
-    queue: mpsc::Sender<Bytes>,
+    queue: Arc<Queue>,
     stop: CancellationToken,
+}
+
+/// A connection's bounded send queue: its pending output bytes.
+struct Queue {
+    pending: Mutex<Pending>,
+    ready: Notify,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    frames: usize,
+}
+
+impl Queue {
+    fn new(limit: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending::default()),
+            ready: Notify::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Appends one frame; false when the queue is full (a slow consumer).
+    fn push(&self, frame: &[u8]) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.frames >= self.limit {
+            return false;
+        }
+        let was_empty = pending.frames == 0;
+        if was_empty {
+            pending.bytes.reserve(BATCH_START.max(frame.len()));
+        }
+        pending.bytes.extend_from_slice(frame);
+        pending.frames += 1;
+        drop(pending);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Takes everything queued (empty if nothing is).
+    fn take(&self) -> Vec<u8> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.frames = 0;
+        std::mem::take(&mut pending.bytes)
+    }
 }
 
 /// The room: the members' queues, and a sequence number for events.
@@ -60,12 +113,12 @@ impl Room {
     }
 
     /// Pushes `frame` to every member but `from`; members whose queue is full are closed.
-    fn broadcast(&self, from: u64, frame: &Bytes) {
+    fn broadcast(&self, from: u64, frame: &[u8]) {
         let mut failed = Vec::new();
         {
             let members = self.members.read().unwrap_or_else(|p| p.into_inner());
             for member in members.iter().filter(|m| m.id != from) {
-                if member.queue.try_send(frame.clone()).is_err() {
+                if !member.queue.push(frame) {
                     failed.push(member.id);
                 }
             }
@@ -77,10 +130,10 @@ impl Room {
 
     /// Tells everyone already in the room about `member`, then adds it; one lock, so each
     /// join reaches exactly the members who joined before it.
-    fn join(&self, member: Member, frame: &Bytes) {
+    fn join(&self, member: Member, frame: &[u8]) {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
         for other in members.iter() {
-            if other.queue.try_send(frame.clone()).is_err() {
+            if !other.queue.push(frame) {
                 other.stop.cancel();
             }
         }
@@ -120,13 +173,13 @@ async fn connection(stream: TcpStream, addr: SocketAddr, id: u64, room: Arc<Room
         tracing::debug!(%addr, error = %e, "cannot set TCP_NODELAY");
     }
     let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel(queue.max(1));
+    let queue = Arc::new(Queue::new(queue));
     let stop = CancellationToken::new();
-    tokio::spawn(write_loop(write_half, rx, stop.clone()));
+    tokio::spawn(write_loop(write_half, Arc::clone(&queue), stop.clone()));
     let mut session = Session {
         id,
         room: &room,
-        queue: tx,
+        queue,
         stop: stop.clone(),
         nick: None,
         pending: BytesMut::new(),
@@ -157,9 +210,9 @@ async fn connection(stream: TcpStream, addr: SocketAddr, id: u64, room: Arc<Room
 struct Session<'a> {
     id: u64,
     room: &'a Room,
-    queue: mpsc::Sender<Bytes>,
+    queue: Arc<Queue>,
     stop: CancellationToken,
-    nick: Option<String>,
+    nick: Option<Vec<u8>>,
     /// Bytes of an incomplete frame, kept between reads.
     pending: BytesMut,
 }
@@ -213,95 +266,75 @@ impl Session<'_> {
     /// `None` on a protocol error.
     fn frames(&mut self, data: &[u8]) -> Option<usize> {
         let mut at = 0;
-        while let Some(header) = data.get(at..at + HEADER_LEN) {
-            let mut len_bytes = [0u8; HEADER_LEN];
-            len_bytes.copy_from_slice(header);
-            let len = u32::from_be_bytes(len_bytes) as usize;
-            if len > MAX_FRAME_LEN {
-                tracing::debug!(len, "frame too long; closing");
-                return None;
-            }
-            let Some(payload) = data.get(at + HEADER_LEN..at + HEADER_LEN + len) else {
-                break;
-            };
-            match codec::decode::<ClientMessage>(payload) {
-                Ok(message) => self.on_message(message),
+        loop {
+            match wire::split_frame(&data[at..]) {
+                Ok(Some((payload, used))) => {
+                    match wire::parse_client(payload) {
+                        Ok(message) => self.on_message(message),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bad frame; closing");
+                            return None;
+                        }
+                    }
+                    at += used;
+                }
+                Ok(None) => return Some(at),
                 Err(e) => {
                     tracing::debug!(error = %e, "bad frame; closing");
                     return None;
                 }
             }
-            at += HEADER_LEN + len;
         }
-        Some(at)
     }
 
-    fn on_message(&mut self, message: ClientMessage) {
+    fn on_message(&mut self, message: ClientFrame<'_>) {
         match message {
-            ClientMessage::Say { text, .. } => {
-                let Some(from) = self.nick.clone() else {
+            ClientFrame::Say(text) => {
+                let Some(from) = &self.nick else {
                     return;
                 };
-                let kind = EventKind::Message { from, text };
-                if let Some(frame) = self.event(kind) {
-                    self.room.broadcast(self.id, &frame);
-                }
+                let mut frame = Vec::with_capacity(16 + from.len() + text.len());
+                wire::event_message(&mut frame, self.room.next_seq(), from, text);
+                self.room.broadcast(self.id, &frame);
             }
-            ClientMessage::Join { nick, .. } => {
+            ClientFrame::Join(nick) => {
                 if self.nick.is_some() {
                     return;
                 }
-                let users = vec![nick.clone()];
-                self.push(&ServerMessage::Reply(Reply::Joined {
-                    users,
-                    more: 0,
-                    ticket: protocol::SessionTicket {
-                        id: self.id,
-                        secret: [0; 16],
-                    },
-                    epoch: 1,
-                    seq: 0,
-                    limits: protocol::FloodLimits {
-                        interval_us: 0,
-                        burst: u32::MAX,
-                    },
-                }));
-                let Some(frame) = self.event(EventKind::Joined { nick: nick.clone() }) else {
-                    return;
-                };
+                let mut reply = Vec::new();
+                let seq = self.room.seq.load(Ordering::Relaxed);
+                wire::reply_joined_alone(&mut reply, nick, self.id, seq);
+                self.push(reply);
+                let mut frame = Vec::new();
+                wire::event_joined(&mut frame, self.room.next_seq(), nick);
                 let member = Member {
                     id: self.id,
-                    queue: self.queue.clone(),
+                    queue: Arc::clone(&self.queue),
                     stop: self.stop.clone(),
                 };
                 self.room.join(member, &frame);
-                self.nick = Some(nick);
+                self.nick = Some(nick.to_vec());
             }
-            ClientMessage::Leave => {
+            ClientFrame::Leave => {
                 if self.nick.take().is_some() {
                     self.room.remove_keeping(self.id);
-                    self.push(&ServerMessage::Reply(Reply::Left));
+                    let mut reply = Vec::new();
+                    wire::reply_left(&mut reply);
+                    self.push(reply);
                 }
             }
-            ClientMessage::Ping => self.push(&ServerMessage::Pong),
-            ClientMessage::Pong
-            | ClientMessage::Private { .. }
-            | ClientMessage::ListUsers
-            | ClientMessage::Resume { .. } => {}
+            ClientFrame::Ping => {
+                let mut pong = Vec::new();
+                wire::server_pong(&mut pong);
+                self.push(pong);
+            }
+            ClientFrame::Ignored => {}
         }
     }
 
-    /// Encodes a room event with the next sequence number.
-    fn event(&self, kind: EventKind) -> Option<Bytes> {
-        let seq = self.room.next_seq();
-        codec::encode_frame(&ServerMessage::Event(Event { seq, kind })).ok()
-    }
-
-    /// Queues a message for this connection alone.
-    fn push(&self, message: &ServerMessage) {
-        if let Ok(frame) = codec::encode_frame(message)
-            && self.queue.try_send(frame).is_err()
-        {
+    /// Queues a frame for this connection alone.
+    fn push(&self, frame: Vec<u8>) {
+        if !self.queue.push(&frame) {
             self.stop.cancel();
         }
     }
@@ -315,51 +348,24 @@ impl Room {
     }
 }
 
-/// Drains a connection's queue onto its socket, everything queued in one write.
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Bytes>,
-    stop: CancellationToken,
-) {
-    let mut batch = BytesMut::new();
+/// Drains a connection's queue onto its socket: everything queued, in one write.
+async fn write_loop(mut socket: OwnedWriteHalf, queue: Arc<Queue>, stop: CancellationToken) {
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             () = &mut stopped => return,
-            first = queue.recv() => first,
-        };
-        let Some(first) = first else { return };
-        let written = match queue.try_recv() {
-            // Only one frame ready: write it as it is, no copy.
-            Err(_) => {
-                tokio::select! {
-                    biased;
-                    () = &mut stopped => return,
-                    written = socket.write_all(&first) => written,
-                }
-            }
-            Ok(second) => {
-                batch.extend_from_slice(&first);
-                batch.extend_from_slice(&second);
-                while batch.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(next) => batch.extend_from_slice(&next),
-                        Err(_) => break,
-                    }
-                }
-                let written = tokio::select! {
-                    biased;
-                    () = &mut stopped => return,
-                    written = socket.write_all(&batch) => written,
-                };
-                batch.clear();
-                if batch.capacity() > KEEP_BATCH {
-                    batch = BytesMut::new();
-                }
-                written
-            }
+            () = queue.ready.notified() => {}
+        }
+        let batch = queue.take();
+        if batch.is_empty() {
+            continue;
+        }
+        let written = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            written = socket.write_all(&batch) => written,
         };
         if let Err(e) = written {
             tracing::debug!(error = %e, "write failed");

@@ -1,5 +1,6 @@
 //! Results: one [`Row`] per workload and target, printed as a table for people and as JSON
-//! lines for tools, with our server's figures as ratios of the relay's when both ran.
+//! lines for tools, with each server's figures as ratios of the relay's from the same run,
+//! and our server's as ratios of the baseline server's when one ran.
 
 use std::fmt::Write as _;
 
@@ -53,11 +54,13 @@ pub struct Row {
     pub error: Option<String>,
     /// Workload-specific figures.
     pub extra: Map<String, Value>,
-    /// Our server divided by the relay, from the same run.
+    /// This server divided by the relay, from the same run.
     pub vs_relay: Option<Ratios>,
+    /// Our server divided by the baseline server, from the same run.
+    pub vs_baseline: Option<Ratios>,
 }
 
-/// Our server's figures divided by the relay's.
+/// One target's figures divided by another's.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Ratios {
     /// Headline figure (higher is better, except bytes per connection).
@@ -93,6 +96,7 @@ impl Row {
             error: None,
             extra: Map::new(),
             vs_relay: None,
+            vs_baseline: None,
         }
     }
 
@@ -126,24 +130,33 @@ fn ratio(ours: Option<f64>, relay: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Fills `vs_relay` of every server row that has a relay row with the same workload and
-/// parameters.
+fn ratios(row: &Row, other: &Row) -> Ratios {
+    Ratios {
+        rate: ratio(row.rate, other.rate),
+        cpu: ratio(row.cpu_s_per_1m, other.cpu_s_per_1m),
+        p99: ratio(row.p99_us, other.p99_us),
+    }
+}
+
+/// Fills `vs_relay` of every server and baseline row, and `vs_baseline` of every server
+/// row, that has a row of that target with the same workload and parameters.
 pub fn add_ratios(rows: &mut [Row]) {
-    let relays: Vec<Row> = rows
+    let others: Vec<Row> = rows
         .iter()
-        .filter(|r| r.target == TargetKind::Relay)
+        .filter(|r| r.target != TargetKind::Server)
         .cloned()
         .collect();
-    for row in rows.iter_mut().filter(|r| r.target == TargetKind::Server) {
-        if let Some(relay) = relays
+    let find = |row: &Row, target: TargetKind| {
+        others
             .iter()
-            .find(|r| r.workload == row.workload && r.params == row.params)
-        {
-            row.vs_relay = Some(Ratios {
-                rate: ratio(row.rate, relay.rate),
-                cpu: ratio(row.cpu_s_per_1m, relay.cpu_s_per_1m),
-                p99: ratio(row.p99_us, relay.p99_us),
-            });
+            .find(|r| r.target == target && r.workload == row.workload && r.params == row.params)
+    };
+    for row in rows.iter_mut() {
+        if row.target != TargetKind::Relay {
+            row.vs_relay = find(row, TargetKind::Relay).map(|relay| ratios(row, relay));
+        }
+        if row.target == TargetKind::Server {
+            row.vs_baseline = find(row, TargetKind::Baseline).map(|base| ratios(row, base));
         }
     }
 }
@@ -198,6 +211,7 @@ pub fn table(rows: &[Row]) -> String {
         "other CPU",
         "result",
         "vs relay",
+        "vs baseline",
     ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for row in rows {
@@ -211,19 +225,21 @@ pub fn table(rows: &[Row]) -> String {
                 row.loss, row.reorders, row.other_errors
             )
         };
-        let vs = row.vs_relay.map_or_else(String::new, |r| {
-            let mut parts = Vec::new();
-            if let Some(x) = r.rate {
-                parts.push(format!("rate {x:.2}x"));
-            }
-            if let Some(x) = r.cpu {
-                parts.push(format!("cpu {x:.2}x"));
-            }
-            if let Some(x) = r.p99 {
-                parts.push(format!("p99 {x:.2}x"));
-            }
-            parts.join(", ")
-        });
+        let describe = |ratios: Option<Ratios>| {
+            ratios.map_or_else(String::new, |r| {
+                let mut parts = Vec::new();
+                if let Some(x) = r.rate {
+                    parts.push(format!("rate {x:.2}x"));
+                }
+                if let Some(x) = r.cpu {
+                    parts.push(format!("cpu {x:.2}x"));
+                }
+                if let Some(x) = r.p99 {
+                    parts.push(format!("p99 {x:.2}x"));
+                }
+                parts.join(", ")
+            })
+        };
         cells.push(vec![
             row.workload.to_string(),
             row.target.to_string(),
@@ -240,7 +256,8 @@ pub fn table(rows: &[Row]) -> String {
             opt(row.bench_cpu_pct, |v| format!("{v:.0}%")),
             opt(row.other_cpu_pct, |v| format!("{v:.0}%")),
             result,
-            vs,
+            describe(row.vs_relay),
+            describe(row.vs_baseline),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -293,6 +310,22 @@ mod tests {
         assert!((r.cpu.unwrap() - 1.25).abs() < 1e-9);
         assert!(r.p99.is_none());
         assert!(rows[1].vs_relay.is_none());
+    }
+
+    #[test]
+    fn the_server_is_compared_with_the_baseline_and_both_with_the_relay() {
+        let mut rows = vec![
+            row(TargetKind::Server, 900.0, 0.2),
+            row(TargetKind::Baseline, 600.0, 0.3),
+            row(TargetKind::Relay, 1000.0, 0.1),
+        ];
+        add_ratios(&mut rows);
+        let vs_base = rows[0].vs_baseline.unwrap();
+        assert!((vs_base.rate.unwrap() - 1.5).abs() < 1e-9);
+        let base_vs_relay = rows[1].vs_relay.unwrap();
+        assert!((base_vs_relay.cpu.unwrap() - 3.0).abs() < 1e-9);
+        assert!(rows[1].vs_baseline.is_none());
+        assert!(rows[2].vs_relay.is_none());
     }
 
     #[test]

@@ -1,24 +1,15 @@
-//! Counting without contention: cache-line padded counters and a latency histogram split
-//! into shards that clients fill in batches.
+//! Counting without contention: cache-line padded counters, and latency histograms with
+//! their percentiles.
 //!
-//! Thousands of client tasks record latencies at millions per second on two cores, so a
-//! single locked histogram would measure the lock. Each client buffers samples locally
-//! ([`LatencyBuffer`]) and adds them to one of a few shards at a time; the shards are
-//! merged once at the end.
+//! Each generator thread counts latencies in [`LatencyCounts`] of its own (no lock, and a
+//! few instructions per delivery); they become one histogram at the end of a run.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
 /// Highest latency tracked, in nanoseconds (larger values are clamped to it).
 const MAX_TRACKED_NS: u64 = 120 * 1_000_000_000;
-
-/// Shards of a [`ShardedHistogram`].
-const SHARDS: usize = 8;
-
-/// Samples a [`LatencyBuffer`] holds before it flushes them to its shard.
-const BUFFERED: usize = 256;
 
 /// An `AtomicU64` alone on its cache line, so counters of different clients never share
 /// one.
@@ -27,9 +18,9 @@ const BUFFERED: usize = 256;
 pub struct PaddedCounter(AtomicU64);
 
 impl PaddedCounter {
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+    /// Adds `n`, ordered with every other sequentially consistent operation.
+    pub fn add_seq_cst(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::SeqCst);
     }
 
     /// Sets the value.
@@ -53,84 +44,68 @@ pub fn sum(counters: &[PaddedCounter]) -> u64 {
     counters.iter().map(PaddedCounter::get).sum()
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// An empty latency histogram: nanoseconds, 3 significant digits, up to 120 s.
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3).expect("constant histogram bounds are valid")
 }
 
-/// A latency histogram (nanoseconds, 3 significant digits) in a few locked shards.
-pub struct ShardedHistogram {
-    shards: Vec<Mutex<Histogram<u64>>>,
+/// Mantissa bits of a [`LatencyCounts`] bucket: buckets are under 1% (1/128) apart.
+const MANTISSA_BITS: u32 = 7;
+const MANTISSA: u64 = 1 << MANTISSA_BITS;
+
+/// Latency samples in log-linear buckets (exact below 128 ns, then 128 buckets per power
+/// of two): recording one is a leading-zero count, a shift and an increment, cheap
+/// enough for every delivery. [`LatencyCounts::into_histogram`] turns them into a
+/// histogram at the end.
+#[derive(Debug, Clone)]
+pub struct LatencyCounts {
+    counts: Vec<u64>,
 }
 
-impl Default for ShardedHistogram {
+impl Default for LatencyCounts {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+            counts: vec![0; Self::index(u64::MAX) + 1],
         }
     }
 }
 
-impl ShardedHistogram {
-    /// A buffer for client `index` that flushes into this histogram.
-    pub fn buffer(&self, index: usize) -> LatencyBuffer<'_> {
-        LatencyBuffer {
-            shard: &self.shards[index % SHARDS],
-            samples: Vec::new(),
+impl LatencyCounts {
+    fn index(ns: u64) -> usize {
+        if ns < MANTISSA {
+            return ns as usize;
         }
+        let shift = 63 - ns.leading_zeros() - MANTISSA_BITS;
+        (u64::from(shift) * MANTISSA + (ns >> shift)) as usize
     }
 
-    /// All shards merged.
-    pub fn merged(&self) -> Histogram<u64> {
-        let mut all = new_histogram();
-        for shard in &self.shards {
-            let shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Same bounds everywhere, so adding cannot fail.
-            let _ = all.add(&*shard);
+    /// The middle of bucket `index`'s range.
+    fn value(index: usize) -> u64 {
+        let index = index as u64;
+        if index < MANTISSA {
+            return index;
         }
-        all
+        let shift = index / MANTISSA - 1;
+        let low = (index % MANTISSA + MANTISSA) << shift;
+        low + (1 << shift) / 2
     }
-}
 
-/// A client's local batch of latency samples; flushed to its shard when full and when
-/// dropped.
-pub struct LatencyBuffer<'a> {
-    shard: &'a Mutex<Histogram<u64>>,
-    samples: Vec<u64>,
-}
-
-impl LatencyBuffer<'_> {
-    /// Records one latency in nanoseconds.
+    /// Counts one sample, in nanoseconds.
+    #[inline]
     pub fn record(&mut self, ns: u64) {
-        if self.samples.capacity() == 0 {
-            self.samples.reserve_exact(BUFFERED);
-        }
-        self.samples.push(ns.max(1));
-        if self.samples.len() >= BUFFERED {
-            self.flush();
-        }
+        let index = Self::index(ns);
+        self.counts[index] += 1;
     }
 
-    /// Moves the buffered samples into the shard.
-    pub fn flush(&mut self) {
-        if self.samples.is_empty() {
-            return;
+    /// The samples as a histogram (each at the middle of its bucket).
+    pub fn into_histogram(self) -> Histogram<u64> {
+        let mut histogram = new_histogram();
+        for (index, &count) in self.counts.iter().enumerate() {
+            if count > 0 {
+                histogram.saturating_record_n(Self::value(index).max(1), count);
+            }
         }
-        let mut shard = self
-            .shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for &ns in &self.samples {
-            shard.saturating_record(ns);
-        }
-        self.samples.clear();
-    }
-}
-
-impl Drop for LatencyBuffer<'_> {
-    fn drop(&mut self) {
-        self.flush();
+        histogram
     }
 }
 
@@ -171,31 +146,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_reach_the_merged_histogram() {
-        let histogram = ShardedHistogram::default();
-        for client in 0..20 {
-            let mut buffer = histogram.buffer(client);
-            for i in 1..=1000u64 {
-                buffer.record(i * 1000);
-            }
+    fn percentiles_of_a_histogram() {
+        let mut histogram = new_histogram();
+        for i in 1..=1000u64 {
+            histogram.saturating_record(i * 1000);
         }
-        let merged = histogram.merged();
-        assert_eq!(merged.len(), 20_000);
-        let p = Percentiles::of(&merged).unwrap();
+        let p = Percentiles::of(&histogram).unwrap();
         assert!((p.p50_us - 500.0).abs() < 1.0, "{p:?}");
         assert!((p.p99_us - 990.0).abs() < 1.5, "{p:?}");
+        assert!(Percentiles::of(&new_histogram()).is_none());
     }
 
     #[test]
-    fn empty_histogram_has_no_percentiles() {
-        assert!(Percentiles::of(&ShardedHistogram::default().merged()).is_none());
+    fn latency_buckets_are_within_one_percent() {
+        for ns in [
+            0,
+            1,
+            127,
+            128,
+            129,
+            1000,
+            65_432,
+            1 << 40,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
+            let index = LatencyCounts::index(ns);
+            let value = LatencyCounts::value(index);
+            let error = (value as f64 - ns as f64).abs() / (ns.max(1) as f64);
+            assert!(error < 0.01, "{ns} -> bucket {index} -> {value}");
+        }
+        let mut counts = LatencyCounts::default();
+        for i in 1..=1000u64 {
+            counts.record(i * 1000);
+        }
+        let p = Percentiles::of(&counts.into_histogram()).unwrap();
+        assert_eq!(p.count, 1000);
+        assert!((p.p50_us - 500.0).abs() < 5.0, "{p:?}");
+        assert!((p.p99_us - 990.0).abs() < 10.0, "{p:?}");
     }
 
     #[test]
     fn counters_sum() {
         let c = counters(3);
-        c[0].add(2);
-        c[2].add(5);
+        c[0].add_seq_cst(2);
+        c[2].set(5);
         assert_eq!(sum(&c), 7);
     }
 }

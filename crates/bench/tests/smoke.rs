@@ -1,113 +1,125 @@
-//! Smoke test of `chat-bench`: a two-second fan-out against a real release `chat-server`
-//! must finish with zero loss, no reordering and exit status 0.
+//! Smoke test of `chat-bench`: a one-second fan-out against a real `chat-server` (the
+//! secure channel), an older build as a protocol version 1 baseline when
+//! `CHAT_BASELINE_SERVER` names one, and the relay, all in one run, must finish with zero
+//! loss, no reordering and exit status 0.
 //!
-//! Timings are never asserted: this machine is shared and its numbers move. The release
-//! binaries are built once through cargo (a no-op when they are up to date); set
-//! `CHAT_BENCH_BIN_DIR` to a directory holding release `chat-server` and `chat-bench` to
-//! skip that.
+//! Timings are never asserted: this machine is shared and its numbers move. The binaries
+//! are those of this test build: `chat-bench` from cargo (`CARGO_BIN_EXE_chat-bench`), and
+//! `chat-server` from `CHAT_SERVER_BIN`, else `CHAT_BIN_DIR` (as the workspace tests use
+//! it), else the same target directory, brought up to date there the way the workspace
+//! tests do it (`tests/src/bins.rs`: a no-op when `cargo test --workspace` already built
+//! it).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest the smoke run may take before it is killed and the test fails.
-const RUN_LIMIT: Duration = Duration::from_secs(120);
+const RUN_LIMIT: Duration = Duration::from_secs(180);
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("crates/bench lives two levels below the workspace root")
-        .to_path_buf()
-}
+/// A child process killed when dropped (a failed assertion must not leave it running).
+struct Killed(Child);
 
-/// The release directory of the target directory this test was built in.
-fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    // .../target/<profile>/deps/<test binary> -> .../target
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the test binary lives in target/<profile>/deps")
-        .to_path_buf();
-    target.join("release")
-}
-
-/// Release `chat-server` and `chat-bench`, built through cargo unless given.
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CHAT_BENCH_BIN_DIR") {
-        return PathBuf::from(dir);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let target_dir = release_dir()
-        .parent()
-        .expect("release dir has a parent")
-        .to_path_buf();
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "chat-server",
-            "-p",
-            "chat-bench",
-        ])
-        .arg("--manifest-path")
-        .arg(workspace_root().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build --release failed: {status}");
-    release_dir()
+}
+
+fn bench_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chat-bench"))
+}
+
+/// The `chat-server` of this build's target directory (see the module doc).
+fn server_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    if let Some(dir) = std::env::var_os("CHAT_BIN_DIR") {
+        return Path::new(&dir).join("chat-server");
+    }
+    let bench = bench_bin();
+    let profile_dir = bench.parent().expect("chat-bench lives in a directory");
+    let server = profile_dir.join("chat-server");
+    // Built (a no-op when up to date) even if present: a stale binary would be measured.
+    {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "-p", "chat-server", "--bin", "chat-server"])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"));
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                cargo.arg("--release");
+            }
+            Some(other) => {
+                cargo.args(["--profile", other]);
+            }
+        }
+        if let Some(target_dir) = profile_dir.parent() {
+            cargo.env("CARGO_TARGET_DIR", target_dir);
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "building chat-server failed: {status}");
+    }
+    server
 }
 
 #[test]
-fn fanout_smoke_run_loses_nothing() {
-    let dir = bin_dir();
-    let bench = dir.join("chat-bench");
-    assert!(
-        dir.join("chat-server").is_file(),
-        "no chat-server in {}",
-        dir.display()
-    );
-    let mut child = Command::new(&bench)
+fn fanout_against_server_baseline_and_relay_loses_nothing() {
+    let server = server_bin();
+    assert!(server.is_file(), "no chat-server at {}", server.display());
+    let mut command = Command::new(bench_bin());
+    command
         .args([
             "fanout",
             "--clients",
             "10",
-            "--senders",
-            "10",
             "--duration",
-            "2",
-            "--json",
+            "1",
+            "--target",
+            "all",
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("chat-bench starts");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+        .args(["--threads", "2", "--json"])
+        .arg("--server-bin")
+        .arg(&server);
+    // A version 1 build (scripts/build-baseline.sh) drives the bench's self-contained
+    // version 1 client end to end when CHAT_BASELINE_SERVER names one.
+    let baseline = std::env::var_os("CHAT_BASELINE_SERVER").map(PathBuf::from);
+    if let Some(baseline) = &baseline {
+        command.arg("--baseline-server").arg(baseline);
+    }
+    let mut child = Killed(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chat-bench starts"),
+    );
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out_reader = read_all(Box::new(stdout));
+    let err_reader = read_all(Box::new(stderr));
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait works") {
+        if let Some(status) = child.0.try_wait().expect("wait works") {
             break status;
         }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chat-bench did not finish within {RUN_LIMIT:?}");
-        }
+        assert!(
+            started.elapsed() < RUN_LIMIT,
+            "chat-bench did not finish within {RUN_LIMIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = out_reader.join().expect("stdout reader");
@@ -120,16 +132,24 @@ fn fanout_smoke_run_loses_nothing() {
         .lines()
         .map(|line| serde_json::from_str(line).expect("every stdout line is JSON"))
         .collect();
-    assert_eq!(rows.len(), 1, "one row expected:\n{out}");
-    let row = &rows[0];
-    assert_eq!(row["workload"], "fanout");
-    assert_eq!(row["target"], "server");
-    assert_eq!(row["loss"], 0, "{row}");
-    assert_eq!(row["reorders"], 0, "{row}");
-    assert_eq!(row["other_errors"], 0, "{row}");
-    assert_eq!(row["ok"], true, "{row}");
-    assert!(
-        row["extra"]["deliveries"].as_u64().unwrap_or(0) > 0,
-        "{row}"
-    );
+    let mut targets: Vec<&str> = rows.iter().filter_map(|r| r["target"].as_str()).collect();
+    targets.sort_unstable();
+    let mut expected = vec!["relay", "server"];
+    if baseline.is_some() {
+        expected.insert(0, "baseline");
+    }
+    assert_eq!(targets, expected, "{out}");
+    for row in &rows {
+        assert_eq!(row["workload"], "fanout");
+        assert_eq!(row["loss"], 0, "{row}");
+        assert_eq!(row["reorders"], 0, "{row}");
+        assert_eq!(row["other_errors"], 0, "{row}");
+        assert_eq!(row["ok"], true, "{row}");
+        assert!(
+            row["extra"]["deliveries"].as_u64().unwrap_or(0) > 0,
+            "{row}"
+        );
+    }
+    let server_row = rows.iter().find(|r| r["target"] == "server").unwrap();
+    assert!(server_row["vs_relay"]["rate"].is_number(), "{server_row}");
 }
