@@ -155,12 +155,18 @@ impl RedisServer {
     /// (prefixed `-`), an integer or a bulk string (`None` for nil); for poking at the
     /// server in tests without a client library. Panics if the server does not answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {
+        Self::command_on(self.port, args)
+    }
+
+    /// [`RedisServer::command`] for the server on `port` (for use from another thread
+    /// while the test holds the server).
+    pub fn command_on(port: u16, args: &[&str]) -> Option<String> {
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
-            .unwrap_or_else(|e| panic!("cannot connect to redis-server on {}: {e}", self.port));
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("cannot connect to redis-server on {port}: {e}"));
         stream
             .set_read_timeout(Some(READY_WAIT))
             .expect("socket timeout");

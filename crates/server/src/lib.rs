@@ -13,6 +13,7 @@
 //!                          write) -> socket
 //! ```
 
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod history;
