@@ -401,3 +401,111 @@ fn number(value: Option<&[u8]>, what: &str) -> Result<u64, String> {
         .and_then(reply::parse_u64)
         .ok_or_else(|| format!("no {what}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &[u8]) -> Value {
+        Value::BulkString(text.to_vec())
+    }
+
+    fn entry(id: &[u8], fields: &[(&[u8], &[u8])]) -> Value {
+        let flat = fields
+            .iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect();
+        Value::Array(vec![bulk(id), Value::Array(flat)])
+    }
+
+    const SAY: &[(&[u8], &[u8])] = &[
+        (b"e", b"7"),
+        (b"k", b"m"),
+        (b"a", b"r3"),
+        (b"o", b"a#1"),
+        (b"s", b"3"),
+        (b"i", b"9"),
+        (b"d", b"hi"),
+    ];
+
+    fn body(value: Value) -> LogBody {
+        match parse_entry(value, 7) {
+            Ok(Parsed::Entry(entry)) => entry.body,
+            other => panic!("expected an entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_with_its_number_and_fields() {
+        let LogBody::Event(event) = body(entry(b"42-0", SAY)) else {
+            panic!("not an event");
+        };
+        assert_eq!(event.kind, EntryKind::Message);
+        assert_eq!(event.audience, Audience::Room { except: 3 });
+        assert_eq!(event.origin.msg_id, 9);
+        assert_eq!(&event.payload[..], b"hi");
+    }
+
+    #[test]
+    fn damaged_entries_keep_their_place_as_unreadable() {
+        let mut missing = SAY.to_vec();
+        missing.retain(|(k, _)| *k != b"a");
+        assert!(matches!(
+            body(entry(b"1-0", &missing)),
+            LogBody::Unreadable(_)
+        ));
+        let mut bad_kind = SAY.to_vec();
+        bad_kind[1] = (b"k", b"\x1b[2J");
+        let LogBody::Unreadable(why) = body(entry(b"1-0", &bad_kind)) else {
+            panic!("read a bad kind");
+        };
+        assert!(!why.contains('\x1b'), "escaped: {why}");
+        let huge = vec![0u8; MAX_FRAME_LEN + 1];
+        let mut too_big = SAY.to_vec();
+        too_big[6] = (b"d", &huge);
+        assert!(matches!(
+            body(entry(b"1-0", &too_big)),
+            LogBody::Unreadable(_)
+        ));
+        let odd = Value::Array(vec![bulk(b"1-0"), Value::Array(vec![bulk(b"e")])]);
+        assert!(matches!(body(odd), LogBody::Unreadable(_)));
+        let no_epoch: Vec<_> = SAY.iter().copied().filter(|(k, _)| *k != b"e").collect();
+        assert!(matches!(
+            body(entry(b"1-0", &no_epoch)),
+            LogBody::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn another_epoch_foreign_ids_and_bad_shapes_are_told_apart() {
+        let mut other_epoch = SAY.to_vec();
+        other_epoch[0] = (b"e", b"8");
+        assert_eq!(
+            parse_entry(entry(b"1-0", &other_epoch), 7).unwrap_err(),
+            ClusterError::EpochChanged {
+                expected: 7,
+                found: Some(8)
+            }
+        );
+        assert!(matches!(
+            parse_entry(entry(b"5-1", SAY), 7),
+            Ok(Parsed::Foreign(StreamId { ms: 5, sub: 1 }))
+        ));
+        for bad in [
+            Value::Nil,
+            Value::Int(3),
+            Value::Array(vec![]),
+            Value::Array(vec![bulk(b"x-0"), Value::Array(vec![])]),
+            Value::Array(vec![bulk(b"-1-0"), Value::Array(vec![])]),
+            Value::Array(vec![
+                bulk(b"99999999999999999999999-0"),
+                Value::Array(vec![]),
+            ]),
+        ] {
+            assert!(
+                matches!(parse_entry(bad.clone(), 7), Err(ClusterError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}
