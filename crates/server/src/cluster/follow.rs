@@ -49,6 +49,9 @@ pub struct Follower {
     epoch: u64,
     batch: usize,
     block: Duration,
+    /// The least pause after a failed read (a connection that keeps answering nonsense
+    /// is not asked again in a tight loop).
+    pause: Duration,
     /// The sequence number of the next entry to deliver.
     next: u64,
     /// Where the next `XREAD` starts (after the last ID read, ours or not).
@@ -78,6 +81,7 @@ impl Follower {
             epoch,
             batch: config.read_batch.clamp(1, 10_000),
             block: config.read_block.max(Duration::from_millis(1)),
+            pause: config.backoff_min.max(Duration::from_millis(1)),
             next: from,
             cursor: StreamId {
                 ms: from - 1,
@@ -107,7 +111,7 @@ impl Follower {
                 return Ok(progress);
             }
             if self.failed {
-                tokio::time::sleep(self.link.retry_in().await).await;
+                tokio::time::sleep(self.link.retry_in().await.max(self.pause)).await;
                 self.failed = false;
             }
             match self.read().await {
