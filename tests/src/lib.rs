@@ -40,6 +40,9 @@
 //!   `CHAT_REQUIRE_ELIXIR` is set.
 //! - [`crowd`]: thousands of raw members in one runtime, each draining its socket and
 //!   keeping a compact log of what it saw (the scale tests).
+//! - [`redis::RedisServer`]: a real `redis-server` per test (free port below 32768, its
+//!   own directory, readiness polled, SIGKILL and restart on the same port, killed on
+//!   drop); `chat-server`'s cluster tests use it too, as a dev-dependency.
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
 //!   killing processes by command line (the detached port mapper).
 //!
@@ -63,12 +66,14 @@ pub mod nodes;
 pub mod process;
 pub mod pty;
 pub mod raw;
+pub mod redis;
 pub mod relay;
 
 pub use nodes::{COOKIE, Client, Ctx, Mapper, PtyClient, Server, TempDir};
 pub use process::{Proc, Signal, Stream};
 pub use pty::{Pty, keys};
 pub use raw::{Incoming, RawClient};
+pub use redis::{RedisServer, redis_or_skip};
 
 /// How long to wait for something that should happen at once (a line, a reply).
 pub const WAIT: Duration = Duration::from_secs(15);

@@ -18,6 +18,7 @@
 //! nicks are members like any other, fed to the same registry.
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod erlang;
