@@ -68,7 +68,8 @@ pub fn reply_kind(reply: &Reply) -> LineKind {
         | Reply::NoSuchUser { .. }
         | Reply::InvalidText { .. }
         | Reply::SlowDown
-        | Reply::RecipientBusy { .. } => LineKind::Server,
+        | Reply::RecipientBusy { .. }
+        | Reply::Unavailable { .. } => LineKind::Server,
         Reply::Joined { .. }
         | Reply::NickInUse
         | Reply::NickNotAllowed
@@ -148,6 +149,18 @@ pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
                 "{} is receiving too many private messages; message not sent",
                 sanitize(nick)
             ),
+        )],
+        Reply::Unavailable { held: true, .. } => vec![from_server(
+            server,
+            "the room's store is unreachable; your messages are held and go out when it is back",
+        )],
+        Reply::Unavailable { id: 0, .. } => vec![from_server(
+            server,
+            "the room's store is unreachable; try again later",
+        )],
+        Reply::Unavailable { .. } => vec![from_server(
+            server,
+            "the room's store is unreachable; message not sent",
         )],
     }
 }

@@ -94,6 +94,9 @@ pub enum ResumeFailure {
     NickInUse,
     /// This connection is in the room already.
     AlreadyJoined,
+    /// The room's store (a cluster's Redis) cannot be reached just now; the session is
+    /// kept: try again later, here or on another node of the cluster.
+    Unavailable,
 }
 
 /// What the server sends a client.
@@ -212,6 +215,16 @@ pub enum Reply {
     RecipientBusy {
         /// The recipient.
         nick: String,
+    },
+    /// The room's store (a cluster's Redis) cannot be reached just now. For a say or
+    /// private message with id `id`: `held` means the server keeps it and sends it, in
+    /// order, when the store is back (its [`Reply::Sent`] follows then); otherwise it
+    /// was refused and nothing was sent. For a join (`id` 0, not held): join again later.
+    Unavailable {
+        /// The client's id of the message (0: not a message, or one without an id).
+        id: u64,
+        /// Kept by the server and sent later (else refused).
+        held: bool,
     },
 }
 

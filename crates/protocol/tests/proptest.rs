@@ -159,6 +159,7 @@ fn resume_failure() -> impl Strategy<Value = ResumeFailure> {
         Just(ResumeFailure::EpochChanged),
         Just(ResumeFailure::NickInUse),
         Just(ResumeFailure::AlreadyJoined),
+        Just(ResumeFailure::Unavailable),
     ]
 }
 
@@ -216,6 +217,8 @@ fn reply() -> impl Strategy<Value = Reply> {
                 }
             }),
         resume_failure().prop_map(|reason| Reply::ResumeFailed { reason }),
+        text().prop_map(|nick| Reply::RecipientBusy { nick }),
+        (any::<u64>(), any::<bool>()).prop_map(|(id, held)| Reply::Unavailable { id, held }),
     ]
 }
 

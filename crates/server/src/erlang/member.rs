@@ -65,6 +65,8 @@ impl Pending {
                     | Reply::NickNotAllowed
                     | Reply::InvalidNick { .. }
                     | Reply::AlreadyJoined { .. }
+                    // A join refused while a cluster's Redis is unreachable.
+                    | Reply::Unavailable { id: 0, .. }
             ),
             Self::Disconnect { .. } => matches!(reply, Reply::Left | Reply::NotJoined),
             Self::DisconnectOther { .. } | Self::ListUsers => {
