@@ -134,13 +134,12 @@ pub struct History {
     state: RwLock<State>,
     max_events: usize,
     max_bytes: usize,
-    epoch: u64,
     fanout: Fanout,
 }
 
 impl History {
     /// An empty history keeping at most `max_events` events and `max_bytes` bytes of
-    /// frames, with a fresh random epoch; writers are woken through `groups` relays.
+    /// frames; writers are woken through `groups` relays.
     pub fn new(max_events: usize, max_bytes: usize, groups: usize) -> Self {
         Self {
             state: RwLock::new(State {
@@ -152,15 +151,13 @@ impl History {
             }),
             max_events: max_events.max(1),
             max_bytes: max_bytes.max(1),
-            epoch: rand::random::<u64>() | 1,
             fanout: Fanout::new(groups),
         }
     }
 
-    /// The room's epoch: chosen at start, so numbers from before a restart are told
-    /// apart from today's.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
+    /// Most events it keeps.
+    pub fn max_events(&self) -> usize {
+        self.max_events
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -175,6 +172,27 @@ impl History {
     /// The newest sequence number (0 before the first event).
     pub fn head(&self) -> u64 {
         self.read().head
+    }
+
+    /// The number of the oldest event it can still hand out: everything before it has
+    /// fallen out (or was never here).
+    pub fn oldest(&self) -> u64 {
+        self.read().trimmed_to + 1
+    }
+
+    /// Empties it and starts it again after event `base`: everything up to `base`
+    /// counts as fallen out, so a reader still before it learns that it lost events.
+    /// For a node that starts from a cluster's snapshot, or whose reader of the
+    /// cluster's stream lost entries (then no reader may pass over them silently).
+    pub fn restart_after(&self, base: u64) {
+        {
+            let mut state = self.write();
+            state.entries.clear();
+            state.bytes = 0;
+            state.head = base;
+            state.trimmed_to = base;
+        }
+        self.fanout.kick();
     }
 
     /// Appends an event numbered `seq` (above every earlier one), drops what no longer
@@ -309,16 +327,17 @@ impl History {
         }
     }
 
-    /// The frames of the last `count` messages said to the whole room (oldest first),
-    /// concatenated: a newcomer's backlog.
-    pub fn backlog(&self, count: usize) -> Bytes {
+    /// The frames of the last `count` messages said to the whole room up to number
+    /// `upto` (oldest first), concatenated: a newcomer's backlog.
+    pub fn backlog(&self, count: usize, upto: u64) -> Bytes {
         if count == 0 {
             return Bytes::new();
         }
         let state = self.read();
+        let end = first_at_or_after(&state.entries, upto.saturating_add(1));
         let last: Vec<&Entry> = state
             .entries
-            .iter()
+            .range(..end)
             .rev()
             .filter(|e| e.kind == EntryKind::Message)
             .take(count)
@@ -487,9 +506,26 @@ mod tests {
         history.append(2, frame(2, 1), room(), EntryKind::Presence);
         history.append(3, frame(3, 1), Audience::One(4), EntryKind::Private);
         history.append(4, frame(4, 1), room(), EntryKind::Message);
-        assert_eq!(&history.backlog(10)[..], &[1, 4]);
-        assert_eq!(&history.backlog(1)[..], &[4]);
-        assert!(history.backlog(0).is_empty());
+        assert_eq!(&history.backlog(10, 4)[..], &[1, 4]);
+        assert_eq!(&history.backlog(1, 4)[..], &[4]);
+        assert!(history.backlog(0, 4).is_empty());
+        // A member that joined at 3 does not get 4 as earlier: it reads it live.
+        assert_eq!(&history.backlog(10, 3)[..], &[1]);
+    }
+
+    #[test]
+    fn a_restart_counts_everything_before_it_as_lost() {
+        let history = History::new(100, 1 << 20, 1);
+        history.append(1, frame(1, 1), room(), EntryKind::Message);
+        history.restart_after(40);
+        assert_eq!((history.head(), history.oldest()), (40, 41));
+        let mut cursor = 2;
+        let mut out = BytesMut::new();
+        let copied = history.copy_for(9, &mut cursor, u64::MAX, &mut out, 1 << 20);
+        assert_eq!(copied, Copied::FellOff);
+        history.append(41, frame(41, 1), room(), EntryKind::Message);
+        let missed = history.missed(9, 30);
+        assert_eq!((missed.kept, missed.lost, missed.from), (1, 10, 41));
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 //! nicks are members like any other, fed to the same registry.
 
 pub mod admission;
+pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod connection;

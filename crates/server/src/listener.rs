@@ -41,7 +41,14 @@ pub async fn serve(
         rate: config.pm_rate_per_sec,
         burst: config.pm_burst,
     };
-    let registry = registry::spawn(REGISTRY_MAILBOX, history.clone(), rules, private_limit);
+    let local = registry::local_backend(&rules);
+    let registry = registry::spawn(
+        REGISTRY_MAILBOX,
+        history.clone(),
+        rules,
+        private_limit,
+        |_| local,
+    );
     let stopping = CancellationToken::new();
     let tracker = TaskTracker::new();
     let grace = config.shutdown_grace;

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::history::{History, SessionId};
 pub use crate::outbox::DeliveryError;
+
+/// Identifies one connection for its whole life.
+pub type ConnId = u64;
 use crate::outbox::{Action, Item};
 use crate::writer::{NOT_READING, Pipe};
 

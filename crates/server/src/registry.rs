@@ -1,42 +1,58 @@
-//! The registry actor: the one task that owns the room.
+//! The registry actor: the one task that owns this node's side of the room.
 //!
-//! It holds the members (`nick -> session`), every attached connection and the
-//! resumable sessions, and is the only place that changes them; connections talk to it
-//! through [`RegistryHandle`]. It never awaits a peer. Every room event gets the next
-//! sequence number and is appended once to the room's [`History`], which native members'
-//! writers read by themselves; peers that do not read the history are handed each event
-//! ([`Peer::deliver`]).
+//! It holds every attached connection, the sessions they carry, and its view of the
+//! members, and is the only place that changes them; connections talk to it through
+//! [`RegistryHandle`]. It never awaits a peer, nor the room's store.
+//!
+//! The room's state itself (the order of events, membership and nick uniqueness, the
+//! resumable sessions) is its [`Backend`]'s: the embedded [`LocalBackend`] of one node,
+//! or the Redis backend of a cluster. The registry works in two halves:
+//!
+//! - **Requests**: a command is checked here (a joined connection, a valid nick, the
+//!   private-message limit) and handed to the backend as a [`Request`]. The backend
+//!   answers with [`Effect`]s, at once (local) or when its task's [`Mail`] comes back
+//!   (Redis); the registry drains them in a loop after every command.
+//! - **Ordered entries** ([`Effect::Entry`]), applied strictly in sequence: update the
+//!   view of the members, append the event to the room's [`History`] (which native
+//!   members' writers read by themselves), hand it to the peers that do not read the
+//!   history ([`Peer::deliver`]), acknowledge the sender if it is here, close a stale
+//!   connection whose session another node took over. A join or resume is answered
+//!   once its own entry is applied, so the member's events start right after it.
 //!
 //! Sessions: a join creates a session with a secret ticket. When a connection drops
-//! without leaving, its member leaves the room as before, but the session stays
-//! resumable for a while: a client that comes back with the ticket gets its nick again
-//! (and a stale connection of the same session is replaced at once) and its writer
-//! replays, from the history, everything after the last event the client saw. Says and
-//! private messages carry the client's ids, acknowledged with their sequence numbers,
-//! and a repeated id is acknowledged again but not repeated in the room.
+//! without leaving, its member leaves the room, but the session stays resumable for a
+//! while: a client that comes back with the ticket gets its nick again (and a stale
+//! connection of the same session is replaced at once) and its writer replays, from the
+//! history, everything after the last event the client saw. Says and private messages
+//! carry the client's ids, acknowledged with their sequence numbers, and a repeated id
+//! is acknowledged again but not repeated in the room.
 //!
-//! No recursion: a broadcast that finds dead members does not broadcast their departures
+//! No recursion: a broadcast that finds dead members does not announce their departures
 //! from inside itself (one stack frame deeper per dead member, which overflowed the stack
-//! when thousands dropped at once). Departures go on a work list, [`Registry::departures`],
-//! that [`Registry::handle`] drains in a loop after every command.
+//! when thousands dropped at once). Their departures are requests whose effects join the
+//! end of the effect queue, which [`Registry::handle`] drains in a loop.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use protocol::limits::{self, NickError};
 use protocol::unicode;
-use protocol::{Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, SessionTicket};
-use subtle::ConstantTimeEq;
+use protocol::{EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, SessionTicket};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::history::{Audience, EntryKind, History, SERVER_SESSION, SessionId};
+use crate::backend::local::LocalBackend;
+use crate::backend::{
+    Backend, Body, Change, Effect, Effects, InlineNick, Mail, Ordered, Request, Resumed, Snapshot,
+    View,
+};
+use crate::history::{Audience, History, SessionId};
 use crate::memory::MemoryKeeper;
-use crate::peer::{DeliveryError, FrameArena, Peer, RoomEvent};
+use crate::peer::{DeliveryError, Peer};
 use crate::rate_limit::{TokenBucket, Verdict};
 
-/// Identifies one connection for its whole life.
-pub type ConnId = u64;
+pub use crate::peer::ConnId;
 
 /// Requests to the registry.
 pub enum Command {
@@ -137,7 +153,7 @@ impl RegistryHandle {
     }
 
     /// Tells every connection that the server is shutting down; returns once they all
-    /// have the notice queued.
+    /// have the notice queued (and the backend has let go of the room).
     pub async fn shutdown(&self) {
         let (done, told) = oneshot::channel();
         if self.send(Command::Shutdown { done }).await {
@@ -196,141 +212,148 @@ impl Default for PrivateLimit {
     }
 }
 
+/// Mail from the backend's tasks that the registry's inbox holds before they wait.
+const MAIL_BOX: usize = 1024;
+
+/// The sending side of the registry's inbox for its backend's tasks.
+pub type MailSender = mpsc::Sender<Mail>;
+
 /// Starts the registry actor over `history` with a mailbox of `mailbox` commands; each
-/// member may receive private messages within `private_limit`.
+/// member may receive private messages within `private_limit`. `backend` makes the
+/// room's backend, given where its tasks send their mail.
 pub fn spawn(
     mailbox: usize,
     history: Arc<History>,
     rules: RoomRules,
     private_limit: PrivateLimit,
+    backend: impl FnOnce(MailSender) -> Box<dyn Backend>,
 ) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(mailbox);
-    let mut registry = Registry::new(history, rules);
+    let (mail_tx, mail_rx) = mpsc::channel(MAIL_BOX);
+    let mut registry = Registry::new(history, rules, backend(mail_tx));
     registry.private_limit = private_limit;
-    tokio::spawn(registry.run(rx));
+    tokio::spawn(registry.run(rx, mail_rx));
     RegistryHandle { tx }
+}
+
+/// The embedded backend for `rules`: the room in this process.
+pub fn local_backend(rules: &RoomRules) -> Box<dyn Backend> {
+    Box::new(LocalBackend::new(rules.max_departed, rules.resume_window))
+}
+
+/// A join or resume asked for and not yet answered.
+enum Pending {
+    Joining { backlog: u16 },
+    Resuming,
 }
 
 struct Connection {
     peer: Arc<dyn Peer>,
     /// The session this connection carries, once joined or resumed.
     session: Option<SessionId>,
+    /// A join or resume in progress.
+    pending: Option<Pending>,
     /// Set once the registry has closed this connection; its own `Detach` follows.
     closed: bool,
 }
 
-/// A nick stored inside its session rather than in an allocation of its own: departed
-/// sessions are kept by the thousand, and small allocations that outlive the
-/// connections around them would keep the allocator from returning those connections'
-/// memory after a crowd leaves.
-#[derive(Clone, Copy)]
-struct InlineNick {
-    bytes: [u8; limits::MAX_NICK_LEN],
-    len: u8,
-}
-
-impl InlineNick {
-    /// `None` for a nick longer than any valid one.
-    fn new(nick: &str) -> Option<Self> {
-        let mut bytes = [0; limits::MAX_NICK_LEN];
-        bytes
-            .get_mut(..nick.len())?
-            .copy_from_slice(nick.as_bytes());
-        Some(Self {
-            bytes,
-            len: u8::try_from(nick.len()).ok()?,
-        })
-    }
-
-    fn as_str(&self) -> &str {
-        // Built from a `&str` cut at its own length, so always valid UTF-8.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
-    }
-}
-
-/// A member's session: what survives a dropped connection.
-struct Session {
+/// A session carried by one of this node's connections.
+struct Attached {
+    conn: ConnId,
     nick: InlineNick,
-    secret: [u8; 16],
-    /// The connection carrying it, if any.
-    conn: Option<ConnId>,
-    /// In the room (else departed, and resumable until forgotten).
-    in_room: bool,
-    /// When it departed, if it did.
-    departed_at: Option<Instant>,
-    /// The last message id the client used, and the sequence number it got.
-    last_msg: (u64, u64),
-    /// Private messages this member may still receive.
-    private_bucket: TokenBucket,
+}
+
+/// An answer that waits for its own entry to be applied.
+enum Waiter {
+    Join {
+        conn: ConnId,
+        session: SessionId,
+        ticket: SessionTicket,
+        backlog: u16,
+    },
+    Resume(Box<Resumed>),
 }
 
 struct Registry {
     history: Arc<History>,
     rules: RoomRules,
+    backend: Box<dyn Backend>,
     connections: HashMap<ConnId, Connection>,
-    sessions: HashMap<SessionId, Session>,
-    /// Members by nick, sorted so user lists come out in order.
-    members: BTreeMap<String, SessionId>,
-    /// The uniqueness keys of the members' nicks ([`protocol::unicode::nick_key`]): no
-    /// two members' nicks differ only in case, accents or look-alike letters.
-    nick_keys: HashMap<String, SessionId>,
+    /// The sessions this node's connections carry.
+    attached: HashMap<SessionId, Attached>,
+    /// The members as applied from the room's entries.
+    view: View,
     /// What each member may receive of private messages.
     private_limit: PrivateLimit,
+    /// The private-message buckets of members that were sent some.
+    buckets: HashMap<SessionId, TokenBucket>,
     /// Members that do not read the history: handed every event meant for them.
     fed: BTreeMap<SessionId, ConnId>,
-    /// Sessions that left the room without leaving on purpose, oldest first.
-    departed: VecDeque<SessionId>,
-    /// The last room sequence number handed out.
-    seq: u64,
-    /// The last session number handed out.
-    last_session: SessionId,
+    /// Answers waiting for their entry, by its number.
+    waiting: BTreeMap<u64, Waiter>,
     /// Set by [`Command::Shutdown`]: everyone has been told, so departures are no
-    /// longer broadcast.
+    /// longer announced.
     shutting_down: bool,
-    /// Departures still to be told to the room, oldest first. Filled while handling a
-    /// command (a broadcast that finds dead members adds theirs) and drained by
-    /// [`Registry::handle`] in a loop, so telling the room never recurses.
-    departures: VecDeque<(String, SessionId, LeaveReason)>,
+    /// Effects still to be carried out, oldest first. Filled by the backend while a
+    /// command is handled (and by effects themselves: a broadcast that finds dead
+    /// members adds their departures), drained by [`Registry::handle`] in a loop, so
+    /// nothing here recurses.
+    fx: Effects,
     /// Returns memory to the system after a crowd leaves.
     memory: MemoryKeeper,
-    /// Where room events are encoded, side by side.
-    frames: FrameArena,
 }
 
 impl Registry {
-    fn new(history: Arc<History>, rules: RoomRules) -> Self {
+    fn new(history: Arc<History>, rules: RoomRules, backend: Box<dyn Backend>) -> Self {
         Self {
-            seq: history.head(),
             history,
             rules,
+            backend,
             connections: HashMap::new(),
-            sessions: HashMap::new(),
-            members: BTreeMap::new(),
-            nick_keys: HashMap::new(),
+            attached: HashMap::new(),
+            view: View::default(),
             private_limit: PrivateLimit::default(),
+            buckets: HashMap::new(),
             fed: BTreeMap::new(),
-            departed: VecDeque::new(),
-            last_session: SERVER_SESSION,
+            waiting: BTreeMap::new(),
             shutting_down: false,
-            departures: VecDeque::new(),
+            fx: Effects::new(),
             memory: MemoryKeeper::default(),
-            frames: FrameArena::default(),
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(command) = rx.recv().await {
-            self.handle(command);
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut mail: mpsc::Receiver<Mail>) {
+        loop {
+            tokio::select! {
+                // The backend's results first: they free what readers wait for.
+                biased;
+                Some(letter) = mail.recv() => {
+                    self.backend.on_mail(letter, &self.view, &mut self.fx);
+                    self.drain();
+                }
+                command = rx.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+            }
         }
     }
 
     fn handle(&mut self, command: Command) {
         self.apply(command);
-        // Each announcement may find more dead members, which join the end of the list;
-        // every member leaves at most once, so this ends.
-        while let Some((nick, session, reason)) = self.departures.pop_front() {
-            self.broadcast(EventKind::Left { nick, reason }, session);
+        self.drain();
+    }
+
+    /// Carries out the effects queued so far, and those they cause, in order. Every
+    /// member leaves at most once and every entry is applied once, so this ends.
+    fn drain(&mut self) {
+        while let Some(effect) = self.fx.pop_front() {
+            self.effect(effect);
         }
+    }
+
+    fn submit(&mut self, request: Request) {
+        self.backend.submit(request, &self.view, &mut self.fx);
     }
 
     fn apply(&mut self, command: Command) {
@@ -339,16 +362,14 @@ impl Registry {
                 let connection = Connection {
                     peer,
                     session: None,
+                    pending: None,
                     closed: false,
                 };
                 self.connections.insert(id, connection);
             }
             Command::Detach { id, reason } => {
                 if let Some(session) = self.session_of(id) {
-                    self.remove_member(session, reason);
-                    if let Some(s) = self.sessions.get_mut(&session) {
-                        s.conn = None;
-                    }
+                    self.depart(session, reason);
                 }
                 self.connections.remove(&id);
             }
@@ -368,10 +389,13 @@ impl Registry {
                 text,
             } => self.private(id, msg_id, to, text),
             Command::ListUsers { id } => {
-                let (users, more) = self.user_list(usize::MAX);
+                let (users, more) = self.view.user_list(usize::MAX);
                 self.reply(id, Reply::Users { users, more });
             }
-            Command::Tick => self.tick(),
+            Command::Tick => {
+                self.tick();
+                self.backend.tick(&mut self.fx);
+            }
             Command::Sweep => self.sweep(),
             Command::Shutdown { done } => {
                 self.shutting_down = true;
@@ -379,19 +403,44 @@ impl Registry {
                     connection.closed = true;
                     connection.peer.close(LeaveReason::ServerShutdown);
                 }
-                let _ = done.send(());
+                self.backend.shutdown(done);
             }
         }
     }
 
-    /// The session a connection carries, if it is in the room.
-    fn member_session(&self, id: ConnId) -> Option<SessionId> {
-        self.session_of(id)
-            .filter(|s| self.sessions.get(s).is_some_and(|s| s.in_room))
+    fn effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::Reply { conn, reply } => self.reply(conn, reply),
+            Effect::Refused { conn, reply } => {
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.pending = None;
+                }
+                self.reply(conn, reply);
+            }
+            Effect::Joined {
+                conn,
+                session,
+                ticket,
+                nick,
+                seq,
+            } => self.joined(conn, session, ticket, nick, seq),
+            Effect::Resumed(resumed) => self.resumed(resumed),
+            Effect::Entry(entry) => self.apply_entry(entry),
+            Effect::Lost { from, to } => self.lost(from, to),
+            Effect::Offline => self.offline(),
+            Effect::Start(snapshot) => self.start(*snapshot),
+        }
     }
 
+    /// The session a connection carries.
     fn session_of(&self, id: ConnId) -> Option<SessionId> {
         self.connections.get(&id)?.session
+    }
+
+    /// The session a connection carries, if it is a member here.
+    fn member_session(&self, id: ConnId) -> Option<SessionId> {
+        self.session_of(id)
+            .filter(|s| self.attached.get(s).is_some_and(|a| a.conn == id))
     }
 
     /// Probes every connection; drops the silent ones as timed out.
@@ -429,27 +478,15 @@ impl Registry {
             tracing::info!(node = %self.node_of(id), "too far behind the room; dropping");
             self.drop_connection(id, LeaveReason::SendQueueExceeded);
         }
-        let window = self.rules.resume_window;
-        while let Some(&oldest) = self.departed.front() {
-            let expired = self.sessions.get(&oldest).is_none_or(|s| {
-                s.in_room || s.departed_at.is_some_and(|at| at.elapsed() >= window)
-            });
-            if !expired {
-                break;
-            }
-            self.departed.pop_front();
-            if self.sessions.get(&oldest).is_some_and(|s| !s.in_room) {
-                self.forget(oldest);
-            }
-        }
+        self.backend.sweep();
         self.memory
-            .observe(self.connections.len() + self.sessions.len());
+            .observe(self.connections.len() + self.attached.len() + self.backend.kept_sessions());
         if self.connections.capacity() > 4 * self.connections.len().max(64) {
             self.connections.shrink_to_fit();
         }
-        if self.sessions.capacity() > 4 * self.sessions.len().max(64) {
-            self.sessions.shrink_to_fit();
-            self.departed.shrink_to_fit();
+        if self.attached.capacity() > 4 * self.attached.len().max(64) {
+            self.attached.shrink_to_fit();
+            self.buckets.shrink_to_fit();
         }
     }
 
@@ -466,57 +503,40 @@ impl Registry {
         };
         connection.closed = true;
         connection.peer.close(reason);
-        let session = connection.session;
-        if let Some(session) = session {
-            self.remove_member(session, reason);
+        if let Some(session) = connection.session {
+            self.depart(session, reason);
         }
     }
 
-    /// The members' nicks, at most `most` of them and as far as
-    /// [`limits::MAX_LISTED_NICK_BYTES`] allows, and how many were left out.
-    fn user_list(&self, most: usize) -> (Vec<String>, u32) {
-        let mut budget = limits::MAX_LISTED_NICK_BYTES;
-        let users: Vec<String> = self
-            .members
-            .keys()
-            .take(most)
-            .take_while(|nick| {
-                let cost = limits::listed_nick_cost(nick);
-                let fits = cost <= budget;
-                budget = budget.saturating_sub(cost);
-                fits
-            })
-            .cloned()
-            .collect();
-        let more = self.members.len() - users.len();
-        (users, u32::try_from(more).unwrap_or(u32::MAX))
-    }
-
-    fn new_session(&mut self, nick: InlineNick, conn: ConnId) -> (SessionId, SessionTicket) {
-        self.last_session += 1;
-        let id = self.last_session;
-        let secret: [u8; 16] = rand::random();
-        self.sessions.insert(
-            id,
-            Session {
-                nick,
-                secret,
-                conn: Some(conn),
-                in_room: true,
-                departed_at: None,
-                last_msg: (0, 0),
-                private_bucket: TokenBucket::new(self.private_limit.rate, self.private_limit.burst),
-            },
-        );
-        (id, SessionTicket { id, secret })
+    /// Closes connection `id` without telling the room anything: its session is no
+    /// longer this connection's (taken over, or the room is gone).
+    fn close_quietly(&mut self, id: ConnId) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            if let Some(session) = connection.session.take() {
+                self.fed.remove(&session);
+            }
+            connection.pending = None;
+            if !connection.closed {
+                connection.closed = true;
+                connection.peer.close(LeaveReason::ConnectionLost);
+            }
+        }
     }
 
     fn join(&mut self, id: ConnId, nick: String, backlog: u16) {
-        let Some(connection) = self.connections.get(&id) else {
+        let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        if let Some(session) = connection.session.and_then(|s| self.sessions.get(&s)) {
-            let nick = session.nick.as_str().to_string();
+        if let Some(session) = connection.session {
+            let nick = self
+                .attached
+                .get(&session)
+                .map(|a| a.nick.as_str().to_string())
+                .unwrap_or_default();
+            self.reply(id, Reply::AlreadyJoined { nick });
+            return;
+        }
+        if connection.pending.is_some() {
             self.reply(id, Reply::AlreadyJoined { nick });
             return;
         }
@@ -525,18 +545,19 @@ impl Registry {
         let checked = match limits::normalize_nick(&nick) {
             Err(NickError::NotAllowed(_)) => Err(Reply::NickNotAllowed),
             Err(NickError::Invalid(reason)) => Err(Reply::InvalidNick { reason }),
-            Ok(nick) if self.nick_keys.contains_key(&unicode::nick_key(&nick)) => {
-                Err(Reply::NickInUse)
-            }
+            Ok(nick) if InlineNick::new(&nick).is_none() => Err(Reply::InvalidNick {
+                reason: format!("nick is longer than {} bytes", limits::MAX_NICK_LEN),
+            }),
             Ok(nick) => {
-                InlineNick::new(&nick)
-                    .map(|inline| (nick, inline))
-                    .ok_or(Reply::InvalidNick {
-                        reason: format!("nick is longer than {} bytes", limits::MAX_NICK_LEN),
-                    })
+                let key = unicode::nick_key(&nick);
+                if self.view.holder_of_key(&key).is_some() {
+                    Err(Reply::NickInUse)
+                } else {
+                    Ok((nick, key))
+                }
             }
         };
-        let (nick, inline) = match checked {
+        let (nick, key) = match checked {
             Ok(checked) => checked,
             Err(reply) => {
                 tracing::debug!(?reply, "join refused");
@@ -544,46 +565,128 @@ impl Registry {
                 return;
             }
         };
-        let peer = Arc::clone(&connection.peer);
-        tracing::info!(%nick, node = %peer.node(), "joined");
-        let (session, ticket) = self.new_session(inline, id);
-        self.nick_keys.insert(unicode::nick_key(&nick), session);
-        self.members.insert(nick.clone(), session);
-        if let Some(connection) = self.connections.get_mut(&id) {
-            connection.session = Some(session);
+        connection.pending = Some(Pending::Joining { backlog });
+        self.submit(Request::Join {
+            conn: id,
+            nick,
+            key,
+        });
+    }
+
+    /// The backend accepted a join; the answer goes out once its entry is applied.
+    fn joined(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        ticket: SessionTicket,
+        nick: String,
+        seq: u64,
+    ) {
+        let backlog = match self.connections.get_mut(&conn) {
+            Some(c) if !c.closed && matches!(c.pending, Some(Pending::Joining { .. })) => {
+                let Some(Pending::Joining { backlog }) = c.pending.take() else {
+                    return;
+                };
+                c.session = Some(session);
+                tracing::info!(%nick, node = %c.peer.node(), "joined");
+                backlog
+            }
+            _ => {
+                // The connection went away meanwhile: the session is in the room with
+                // nobody to carry it.
+                if !self.shutting_down {
+                    self.submit(Request::Depart {
+                        session,
+                        nick,
+                        reason: LeaveReason::ConnectionLost,
+                    });
+                }
+                return;
+            }
+        };
+        let Some(inline) = InlineNick::new(&nick) else {
+            return;
+        };
+        self.attached
+            .insert(session, Attached { conn, nick: inline });
+        let waiter = Waiter::Join {
+            conn,
+            session,
+            ticket,
+            backlog,
+        };
+        if seq <= self.view.applied() {
+            self.finish(waiter, seq);
+        } else {
+            self.waiting.insert(seq, waiter);
         }
-        let (users, more) = self.user_list(limits::MAX_JOIN_LISTED_USERS);
-        let head = self.history.head();
+    }
+
+    /// Answers a join or resume whose entry (number `seq`) has been applied.
+    fn finish(&mut self, waiter: Waiter, seq: u64) {
+        match waiter {
+            Waiter::Join {
+                conn,
+                session,
+                ticket,
+                backlog,
+            } => self.finish_join(conn, session, ticket, seq, backlog),
+            Waiter::Resume(resumed) => self.finish_resume(*resumed),
+        }
+    }
+
+    /// The peer of connection `conn` if it still carries `session`.
+    fn carrier(&self, conn: ConnId, session: SessionId) -> Option<Arc<dyn Peer>> {
+        self.connections
+            .get(&conn)
+            .filter(|c| !c.closed && c.session == Some(session))
+            .map(|c| Arc::clone(&c.peer))
+    }
+
+    fn finish_join(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        ticket: SessionTicket,
+        seq: u64,
+        backlog: u16,
+    ) {
+        let Some(peer) = self.carrier(conn, session) else {
+            return;
+        };
+        // As of just before the join: the join itself is not the joiner's to read.
+        let before = seq.saturating_sub(1);
+        let (users, more) = self.view.user_list(limits::MAX_JOIN_LISTED_USERS);
         let joined = Reply::Joined {
             users,
             more,
             ticket,
-            epoch: self.history.epoch(),
-            seq: head,
+            epoch: self.backend.epoch(),
+            seq: before,
             limits: self.rules.flood,
         };
         let backlog = usize::from(backlog.min(limits::MAX_BACKLOG));
-        let result = peer
-            .reply(joined)
-            .and_then(|()| self.start_reading(&peer, id, session, head + 1, backlog));
+        let result = peer.reply(joined).and_then(|()| {
+            if peer.reads_history() {
+                peer.send_frames(self.history.backlog(backlog, before))?;
+            }
+            self.start_reading(&peer, conn, session, seq)
+        });
         if let Err(e) = result {
-            self.delivery_failed(id, e);
+            self.delivery_failed(conn, e);
         }
-        self.broadcast(EventKind::Joined { nick }, session);
     }
 
-    /// Starts the room's events for a member: the backlog, then the history from `from`
-    /// (or, for a peer that does not read it, event by event).
+    /// Starts the room's events for a member from number `from`: its writer reads the
+    /// history, or (a peer that does not read it) it is handed each event.
     fn start_reading(
         &mut self,
         peer: &Arc<dyn Peer>,
         id: ConnId,
         session: SessionId,
         from: u64,
-        backlog: usize,
     ) -> Result<(), DeliveryError> {
         if peer.reads_history() {
-            peer.send_frames(self.history.backlog(backlog))?;
             peer.subscribe(session, from)
         } else {
             self.fed.insert(session, id);
@@ -592,81 +695,121 @@ impl Registry {
     }
 
     fn resume(&mut self, id: ConnId, ticket: SessionTicket, epoch: u64, last_seq: u64) {
-        let Some(connection) = self.connections.get(&id) else {
+        let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        let failure = if connection.session.is_some() {
-            Some(ResumeFailure::AlreadyJoined)
-        } else if epoch != self.history.epoch() {
-            Some(ResumeFailure::EpochChanged)
-        } else {
-            match self.sessions.get(&ticket.id) {
-                Some(s) if bool::from(s.secret.ct_eq(&ticket.secret)) => {
-                    let key = unicode::nick_key(s.nick.as_str());
-                    let nick_taken = !s.in_room && self.nick_keys.contains_key(&key);
-                    nick_taken.then_some(ResumeFailure::NickInUse)
-                }
-                _ => Some(ResumeFailure::UnknownSession),
-            }
-        };
-        if let Some(reason) = failure {
-            tracing::debug!(?reason, "resume refused");
-            self.reply(id, Reply::ResumeFailed { reason });
+        if connection.session.is_some() || connection.pending.is_some() {
+            self.reply(
+                id,
+                Reply::ResumeFailed {
+                    reason: ResumeFailure::AlreadyJoined,
+                },
+            );
             return;
         }
-        let session_id = ticket.id;
-        let peer = Arc::clone(&connection.peer);
-        // A stale connection of the same session (its client is gone but the server has
-        // not noticed yet) is replaced at once, without telling the room.
-        let stale = self.sessions.get(&session_id).and_then(|s| s.conn);
-        if let Some(old) = stale
-            && let Some(old_connection) = self.connections.get_mut(&old)
+        connection.pending = Some(Pending::Resuming);
+        let oldest_local = self.history.oldest();
+        self.submit(Request::Resume {
+            conn: id,
+            ticket,
+            epoch,
+            last_seq,
+            oldest_local,
+        });
+    }
+
+    /// The backend accepted a resume; the answer goes out once its entry is applied.
+    fn resumed(&mut self, resumed: Box<Resumed>) {
+        let (conn, session) = (resumed.conn, resumed.session);
+        let asked = self
+            .connections
+            .get(&conn)
+            .is_some_and(|c| !c.closed && matches!(c.pending, Some(Pending::Resuming)));
+        if !asked {
+            // The connection went away meanwhile. Unless another connection here
+            // carries the session, nobody does.
+            if !self.attached.contains_key(&session) && !self.shutting_down {
+                self.submit(Request::Depart {
+                    session,
+                    nick: resumed.nick,
+                    reason: LeaveReason::ConnectionLost,
+                });
+            }
+            return;
+        }
+        // A stale connection of the same session (its client is gone but the server
+        // has not noticed yet) is replaced at once, without telling the room.
+        if let Some(stale) = self.attached.get(&session).map(|a| a.conn)
+            && stale != conn
         {
-            old_connection.session = None;
-            if !old_connection.closed {
-                old_connection.closed = true;
-                old_connection.peer.close(LeaveReason::ConnectionLost);
-            }
-            self.fed.remove(&session_id);
+            self.close_quietly(stale);
         }
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(inline) = InlineNick::new(&resumed.nick) else {
             return;
         };
-        session.conn = Some(id);
-        let rejoined = !session.in_room;
-        session.in_room = true;
-        session.departed_at = None;
-        let nick = session.nick.as_str().to_string();
-        if rejoined {
-            self.departed.retain(|s| *s != session_id);
-            self.nick_keys.insert(unicode::nick_key(&nick), session_id);
-            self.members.insert(nick.clone(), session_id);
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        connection.pending = None;
+        connection.session = Some(session);
+        tracing::info!(
+            nick = %resumed.nick,
+            node = %connection.peer.node(),
+            rejoined = resumed.rejoined,
+            "resumed"
+        );
+        self.attached
+            .insert(session, Attached { conn, nick: inline });
+        if resumed.seq > self.view.applied() {
+            let seq = resumed.seq;
+            self.waiting.insert(seq, Waiter::Resume(resumed));
+        } else {
+            self.finish_resume(*resumed);
         }
-        if let Some(connection) = self.connections.get_mut(&id) {
-            connection.session = Some(session_id);
+    }
+
+    fn finish_resume(&mut self, resumed: Resumed) {
+        let (conn, session) = (resumed.conn, resumed.session);
+        let Some(peer) = self.carrier(conn, session) else {
+            return;
+        };
+        // What the backend had from before the local history, then the local history.
+        let mut older = BytesMut::new();
+        let mut older_count: u32 = 0;
+        for entry in &resumed.older {
+            if let Body::Event {
+                event, audience, ..
+            } = &entry.body
+                && entry.seq > resumed.last_seq
+                && audience.includes(session)
+            {
+                older.put_slice(event.native_frame());
+                older_count = older_count.saturating_add(1);
+            }
         }
-        tracing::info!(%nick, node = %peer.node(), rejoined, "resumed");
-        let missed = self
-            .history
-            .missed(session_id, last_seq.min(self.history.head()));
-        let (users, more) = self.user_list(limits::MAX_JOIN_LISTED_USERS);
-        let resumed = Reply::Resumed {
-            missed: missed.kept,
-            lost: missed.lost,
-            rejoined,
+        let upto = resumed
+            .last_seq
+            .max(resumed.older_upto)
+            .min(self.history.head());
+        let missed = self.history.missed(session, upto);
+        let (users, more) = self.view.user_list(limits::MAX_JOIN_LISTED_USERS);
+        let answer = Reply::Resumed {
+            missed: missed.kept.saturating_add(older_count),
+            lost: missed.lost.saturating_add(resumed.older_lost),
+            rejoined: resumed.rejoined,
             users,
             more,
             seq: missed.head,
             limits: self.rules.flood,
         };
-        let result = peer
-            .reply(resumed)
-            .and_then(|()| self.start_reading(&peer, id, session_id, missed.from, 0));
+        let result = peer.reply(answer).and_then(|()| {
+            if !older.is_empty() && peer.reads_history() {
+                peer.send_frames(older.freeze())?;
+            }
+            self.start_reading(&peer, conn, session, missed.from)
+        });
         if let Err(e) = result {
-            self.delivery_failed(id, e);
-        }
-        if rejoined {
-            self.broadcast(EventKind::Joined { nick }, session_id);
+            self.delivery_failed(conn, e);
         }
     }
 
@@ -675,7 +818,7 @@ impl Registry {
             self.reply(id, Reply::NotJoined);
             return;
         };
-        self.remove_member(session, LeaveReason::Left);
+        self.depart(session, LeaveReason::Left);
         self.reply(id, Reply::Left);
         if let Some(connection) = self.connections.get(&id)
             && let Err(e) = connection.peer.unsubscribe()
@@ -684,37 +827,19 @@ impl Registry {
         }
     }
 
-    /// For a message with the client's id `msg_id` from `session`: `None` to go ahead, or
-    /// the acknowledgement of a message already sent.
-    fn repeated(&self, session: SessionId, msg_id: u64) -> Option<Reply> {
-        let (last, seq) = self.sessions.get(&session)?.last_msg;
-        let seq = if msg_id == last { seq } else { 0 };
-        (msg_id != 0 && msg_id <= last).then_some(Reply::Sent { id: msg_id, seq })
-    }
-
-    /// Records that `msg_id` became `seq` and acknowledges it.
-    fn sent(&mut self, id: ConnId, session: SessionId, msg_id: u64, seq: u64) {
-        if msg_id == 0 {
-            return;
-        }
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.last_msg = (msg_id, seq);
-        }
-        self.reply(id, Reply::Sent { id: msg_id, seq });
-    }
-
     fn say(&mut self, id: ConnId, msg_id: u64, text: String) {
         let Some(session) = self.member_session(id) else {
             self.reply(id, Reply::NotJoined);
             return;
         };
-        if let Some(ack) = self.repeated(session, msg_id) {
-            self.reply(id, ack);
-            return;
-        }
-        let from = self.sessions[&session].nick.as_str().to_string();
-        let seq = self.broadcast(EventKind::Message { from, text }, session);
-        self.sent(id, session, msg_id, seq);
+        let from = self.nick_here(session);
+        self.submit(Request::Append {
+            conn: id,
+            session,
+            msg_id,
+            kind: EventKind::Message { from, text },
+            audience: Audience::Room { except: session },
+        });
     }
 
     fn private(&mut self, id: ConnId, msg_id: u64, to: String, text: String) {
@@ -722,74 +847,215 @@ impl Registry {
             self.reply(id, Reply::NotJoined);
             return;
         };
-        if let Some(ack) = self.repeated(session, msg_id) {
-            self.reply(id, ack);
-            return;
-        }
         // Found by its key, so `/pm Ann` reaches `ann`.
-        let Some(&target) = self.nick_keys.get(&unicode::nick_key(&to)) else {
+        let Some(target) = self.view.holder_of_key(&unicode::nick_key(&to)) else {
             self.reply(id, Reply::NoSuchUser { nick: to });
             return;
         };
+        let limit = self.private_limit;
         let within = self
-            .sessions
-            .get_mut(&target)
-            .is_none_or(|s| s.private_bucket.check(std::time::Instant::now()) == Verdict::Allow);
+            .buckets
+            .entry(target)
+            .or_insert_with(|| TokenBucket::new(limit.rate, limit.burst))
+            .check(std::time::Instant::now())
+            == Verdict::Allow;
         if !within {
             self.reply(id, Reply::RecipientBusy { nick: to });
             return;
         }
-        let from = self.sessions[&session].nick.as_str().to_string();
-        let seq = self.publish(
-            EventKind::Private { from, text },
-            Audience::One(target),
-            EntryKind::Private,
-        );
-        self.sent(id, session, msg_id, seq);
+        let from = self.nick_here(session);
+        self.submit(Request::Append {
+            conn: id,
+            session,
+            msg_id,
+            kind: EventKind::Private { from, text },
+            audience: Audience::One(target),
+        });
     }
 
-    /// Sends `kind` to every member but the session `except`. Returns its sequence
-    /// number.
-    fn broadcast(&mut self, kind: EventKind, except: SessionId) -> u64 {
-        let entry = match kind {
-            EventKind::Message { .. } => EntryKind::Message,
-            EventKind::Joined { .. } | EventKind::Left { .. } => EntryKind::Presence,
-            EventKind::Private { .. } => EntryKind::Private,
-            EventKind::Notice { .. } => EntryKind::Notice,
-        };
-        self.publish(kind, Audience::Room { except }, entry)
+    /// The nick of a session carried here.
+    fn nick_here(&self, session: SessionId) -> String {
+        self.attached
+            .get(&session)
+            .map(|a| a.nick.as_str().to_string())
+            .unwrap_or_default()
     }
 
-    /// Numbers `kind`, appends it to the history (where native members' writers find it)
-    /// and hands it to the fed members it is for. Members whose delivery fails are
-    /// dropped; their departures are queued, not broadcast from here.
-    fn publish(&mut self, kind: EventKind, audience: Audience, entry: EntryKind) -> u64 {
-        self.seq += 1;
-        let seq = self.seq;
-        let event = match RoomEvent::new_in(Event { seq, kind }, &mut self.frames) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a room event");
-                return seq;
-            }
+    /// Takes `session` off its connection here and asks the backend to take it out of
+    /// the room (announced to the others once the entry comes back).
+    fn depart(&mut self, session: SessionId, reason: LeaveReason) {
+        let Some(attached) = self.attached.remove(&session) else {
+            return;
         };
-        self.history
-            .append(seq, event.native_frame().clone(), audience, entry);
-        let mut failed = Vec::new();
-        for (&session, &conn) in &self.fed {
-            if !audience.includes(session) {
-                continue;
+        self.fed.remove(&session);
+        if let Some(connection) = self.connections.get_mut(&attached.conn)
+            && connection.session == Some(session)
+        {
+            connection.session = None;
+        }
+        let nick = attached.nick.as_str().to_string();
+        tracing::info!(%nick, reason = reason.describe(), "left");
+        if !self.shutting_down {
+            self.submit(Request::Depart {
+                session,
+                nick,
+                reason,
+            });
+        }
+    }
+
+    /// Applies the room's next entry: the one hot path of every event, on every node.
+    fn apply_entry(&mut self, entry: Ordered) {
+        let seq = entry.seq;
+        if seq <= self.view.applied() {
+            return; // Never twice.
+        }
+        self.view.set_applied(seq);
+        match entry.body {
+            Body::Event {
+                event,
+                audience,
+                kind,
+                origin,
+                change,
+            } => {
+                match change {
+                    Some(Change::Joined {
+                        session,
+                        nick,
+                        node,
+                    }) => {
+                        if !node.is_empty() {
+                            tracing::debug!(
+                                nick = %unicode::escape_capped(&nick, 64),
+                                node = %unicode::escape_capped(&node, 128),
+                                "member is on node"
+                            );
+                        }
+                        self.view.insert(session, nick);
+                    }
+                    Some(Change::Left { session, .. }) => {
+                        self.view.remove(session);
+                        self.buckets.remove(&session);
+                        if !origin.here
+                            && let Some(attached) = self.attached.remove(&session)
+                        {
+                            // Released by another node (ours was thought dead): its
+                            // client resumes.
+                            self.close_quietly(attached.conn);
+                        }
+                    }
+                    None => {}
+                }
+                self.history
+                    .append(seq, event.native_frame().clone(), audience, kind);
+                let mut failed = Vec::new();
+                for (&session, &conn) in &self.fed {
+                    if !audience.includes(session) {
+                        continue;
+                    }
+                    if let Some(connection) = self.connections.get(&conn)
+                        && let Err(e) = connection.peer.deliver(&event)
+                    {
+                        failed.push((conn, e));
+                    }
+                }
+                for (conn, error) in failed {
+                    self.delivery_failed(conn, error);
+                }
+                if origin.here
+                    && origin.msg_id != 0
+                    && let Some(attached) = self.attached.get(&origin.session)
+                {
+                    let conn = attached.conn;
+                    self.reply(
+                        conn,
+                        Reply::Sent {
+                            id: origin.msg_id,
+                            seq,
+                        },
+                    );
+                }
             }
-            if let Some(connection) = self.connections.get(&conn)
-                && let Err(e) = connection.peer.deliver(&event)
+            Body::TakenOver { session, from_here } => {
+                if from_here && let Some(attached) = self.attached.remove(&session) {
+                    self.close_quietly(attached.conn);
+                }
+            }
+            Body::Skip => {}
+        }
+        if let Some(waiter) = self.waiting.remove(&seq) {
+            self.finish(waiter, seq);
+        }
+    }
+
+    /// Entries `from..=to` will never come: every member here misses them, so every
+    /// reader is made to fall out of the history (it is dropped as a slow consumer and
+    /// its client resumes, learning what it lost).
+    fn lost(&mut self, from: u64, to: u64) {
+        tracing::warn!(from, to, "room events were lost before this node read them");
+        self.history.restart_after(to);
+        self.view.set_applied(to.max(self.view.applied()));
+        let due: Vec<u64> = self.waiting.range(..=to).map(|(seq, _)| *seq).collect();
+        for seq in due {
+            if let Some(waiter) = self.waiting.remove(&seq) {
+                self.finish(waiter, seq);
+            }
+        }
+    }
+
+    /// The room as this node knew it is gone: every member's connection is closed
+    /// (its client resumes), and the members are forgotten.
+    fn offline(&mut self) {
+        let carried: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.session.is_some() || c.pending.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in carried {
+            self.close_quietly(id);
+        }
+        self.attached.clear();
+        self.fed.clear();
+        self.waiting.clear();
+        self.buckets.clear();
+        self.view.clear();
+    }
+
+    /// Starts from a snapshot of the room: its last entries become the history, its
+    /// members the view.
+    fn start(&mut self, snapshot: Snapshot) {
+        self.offline();
+        let base = snapshot
+            .recent
+            .first()
+            .map_or(snapshot.head, |e| e.seq.saturating_sub(1));
+        self.history.restart_after(base);
+        for entry in snapshot.recent {
+            if entry.seq > snapshot.head {
+                break;
+            }
+            if let Body::Event {
+                event,
+                audience,
+                kind,
+                ..
+            } = entry.body
             {
-                failed.push((conn, e));
+                self.history
+                    .append(entry.seq, event.native_frame().clone(), audience, kind);
             }
         }
-        for (conn, error) in failed {
-            self.delivery_failed(conn, error);
+        for (session, nick) in snapshot.members {
+            self.view.insert(session, nick);
         }
-        seq
+        self.view.set_applied(snapshot.head);
+        tracing::info!(
+            head = snapshot.head,
+            members = self.view.len(),
+            "started from the room's snapshot"
+        );
     }
 
     fn delivery_failed(&mut self, id: ConnId, error: DeliveryError) {
@@ -803,46 +1069,6 @@ impl Registry {
             tracing::info!(node = %connection.peer.node(), %error, "dropping connection");
         }
         self.drop_connection(id, reason);
-    }
-
-    /// Takes `session` out of the room and queues the announcement to the others (see
-    /// [`Registry::departures`]); false if it was not in the room. A session that left
-    /// on purpose is forgotten; any other stays resumable for a while.
-    fn remove_member(&mut self, session: SessionId, reason: LeaveReason) -> bool {
-        let Some(s) = self.sessions.get_mut(&session).filter(|s| s.in_room) else {
-            return false;
-        };
-        s.in_room = false;
-        s.departed_at = Some(Instant::now());
-        let nick = s.nick.as_str().to_string();
-        self.members.remove(&nick);
-        self.nick_keys.remove(&unicode::nick_key(&nick));
-        self.fed.remove(&session);
-        tracing::info!(%nick, reason = reason.describe(), "left");
-        if reason == LeaveReason::Left {
-            self.forget(session);
-        } else {
-            self.departed.push_back(session);
-            while self.departed.len() > self.rules.max_departed {
-                if let Some(oldest) = self.departed.pop_front() {
-                    self.forget(oldest);
-                }
-            }
-        }
-        if !self.shutting_down {
-            self.departures.push_back((nick, session, reason));
-        }
-        true
-    }
-
-    /// Forgets a session that is not in the room.
-    fn forget(&mut self, session: SessionId) {
-        if let Some(s) = self.sessions.remove(&session)
-            && let Some(conn) = s.conn
-            && let Some(connection) = self.connections.get_mut(&conn)
-        {
-            connection.session = None;
-        }
     }
 
     fn reply(&mut self, id: ConnId, reply: Reply) {
@@ -861,9 +1087,10 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use protocol::codec::{MAX_FRAME_LEN, decode, encode_frame};
-    use protocol::{NodeName, ServerMessage};
+    use protocol::{Event, NodeName, ServerMessage};
 
     use super::*;
+    use crate::peer::RoomEvent;
 
     /// A fed peer that records what it is handed.
     struct Recorder {
@@ -926,10 +1153,9 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        Registry::new(
-            Arc::new(History::new(10_000, 1 << 24, 1)),
-            RoomRules::default(),
-        )
+        let rules = RoomRules::default();
+        let backend = local_backend(&rules);
+        Registry::new(Arc::new(History::new(10_000, 1 << 24, 1)), rules, backend)
     }
 
     /// Joins `members` peers with nicks made by `nick` (all but the last quiet); returns
@@ -1012,7 +1238,7 @@ mod tests {
                     msg_id: 0,
                     text,
                 });
-                registry.members.len()
+                registry.view.len()
             })
             .unwrap()
             .join()
@@ -1168,6 +1394,6 @@ mod tests {
             matches!(replies.as_slice(), [Reply::Resumed { rejoined: true, .. }]),
             "{replies:?}"
         );
-        assert!(registry.members.contains_key("ann"));
+        assert!(registry.view.contains_nick("ann"));
     }
 }

@@ -1,0 +1,1 @@
+//! The Redis backend (in progress).
