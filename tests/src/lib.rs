@@ -43,6 +43,8 @@
 //! - [`redis::RedisServer`]: a real `redis-server` per test (free port below 32768, its
 //!   own directory, readiness polled, SIGKILL and restart on the same port, killed on
 //!   drop); `chat-server`'s cluster tests use it too, as a dev-dependency.
+//! - [`talker::Talker`]: a raw member in the test's runtime that keeps every event and
+//!   reply it receives, for comparing what members on several nodes saw.
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
 //!   killing processes by command line (the detached port mapper).
 //!
@@ -68,6 +70,7 @@ pub mod pty;
 pub mod raw;
 pub mod redis;
 pub mod relay;
+pub mod talker;
 
 pub use nodes::{COOKIE, Client, Ctx, Mapper, PtyClient, Server, TempDir};
 pub use process::{Proc, Signal, Stream};

@@ -60,6 +60,12 @@ pub struct ServerConfig {
     /// This node's incarnation, as the port mapper assigned it; Erlang peers see it in
     /// the handshake and in our pids.
     pub creation: u32,
+    /// Serve the room of a cluster kept in this Redis (`redis://HOST:PORT`) instead of
+    /// a room of this process alone.
+    pub cluster: Option<String>,
+    /// In a cluster: a node that has not renewed its lease for this long is dead to the
+    /// others, who release its members. Renewed every tick.
+    pub cluster_lease: Duration,
 }
 
 impl ServerConfig {
@@ -89,6 +95,8 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(3),
             erlang: true,
             creation: 1,
+            cluster: None,
+            cluster_lease: Duration::from_secs(45),
         }
     }
 

@@ -8,6 +8,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::redis::RedisBackend;
+use crate::cluster::ClusterConfig;
 use crate::config::ServerConfig;
 use crate::connection::{self, Shared};
 use crate::history::History;
@@ -41,13 +43,24 @@ pub async fn serve(
         rate: config.pm_rate_per_sec,
         burst: config.pm_burst,
     };
-    let local = registry::local_backend(&rules);
+    let cluster = config.cluster.clone().map(|url| {
+        let mut cluster = ClusterConfig::new(url);
+        cluster.history = config.history_events;
+        cluster.lease = config.cluster_lease;
+        cluster.resume_window = config.resume_window;
+        cluster
+    });
+    let (name, recent) = (config.name.to_string(), config.history_events);
+    let local_rules = rules.clone();
     let registry = registry::spawn(
         REGISTRY_MAILBOX,
         history.clone(),
         rules,
         private_limit,
-        |_| local,
+        move |mail| match cluster {
+            Some(cluster) => Box::new(RedisBackend::start(cluster, name, recent, mail)),
+            None => registry::local_backend(&local_rules),
+        },
     );
     let stopping = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -129,6 +129,15 @@ struct RoomArgs {
     /// Refuse Erlang distribution connections (BEAM nodes such as ExMessenger clients).
     #[arg(long)]
     no_erlang: bool,
+    /// Serve one room with every node started with the same Redis and cookie
+    /// (redis://HOST:PORT); without it the room is this process's alone.
+    #[arg(long, env = "CHAT_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
+    /// In a cluster: seconds after which a node that stopped renewing its lease (it
+    /// renews every tick) is dead to the others, who release its members
+    /// [default: three ticks].
+    #[arg(long, value_name = "SECONDS")]
+    cluster_lease: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -293,6 +302,21 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.rate_per_sec = args.rate;
     config.burst = args.burst.max(1);
     config.erlang = !args.no_erlang;
+    if let Some(url) = &args.cluster {
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            bail!("--cluster takes a Redis URL such as redis://127.0.0.1:6379, not {url:?}");
+        }
+        config.cluster = Some(url.clone());
+    }
+    config.cluster_lease = match args.cluster_lease {
+        Some(lease) => seconds(lease, "--cluster-lease")?,
+        None => config.tick * 3,
+    };
+    if config.cluster_lease <= config.tick {
+        bail!(
+            "--cluster-lease must be longer than --tick, which is how often the lease is renewed"
+        );
+    }
     Ok(config)
 }
 

@@ -293,11 +293,29 @@ impl Cluster {
         secret: &[u8; 16],
         payload: &[u8],
     ) -> Result<Joined, ClusterError> {
+        let session = self.new_session().await?;
+        self.join_as(session, nick, nick_key, secret, payload).await
+    }
+
+    /// A new session number, unique in the room's epoch (for [`Cluster::join_as`]).
+    pub async fn new_session(&self) -> Result<SessionId, ClusterError> {
+        self.link()
+            .query(redis::cmd("INCR").arg(self.keys().sid()))
+            .await
+    }
+
+    /// [`Cluster::join`] as session `session` (from [`Cluster::new_session`]): a
+    /// caller whose join ended [`ClusterError::Indeterminate`] knows which session to
+    /// depart if it was made after all.
+    pub async fn join_as(
+        &self,
+        session: SessionId,
+        nick: &str,
+        nick_key: &[u8],
+        secret: &[u8; 16],
+        payload: &[u8],
+    ) -> Result<Joined, ClusterError> {
         let keys = self.keys();
-        let session: u64 = self
-            .link()
-            .query(redis::cmd("INCR").arg(keys.sid()))
-            .await?;
         let node = self.node().as_str();
         let mut invocation = self.writing(&scripts::JOIN_SCRIPT);
         invocation

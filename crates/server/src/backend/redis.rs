@@ -1,1 +1,0 @@
-//! The Redis backend (in progress).
