@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet};
 
 use chat_tests::nodes::sorted;
 use chat_tests::redis::{RedisServer, redis_or_skip};
-use chat_tests::talker::Talker;
-use chat_tests::{COOKIE, Ctx, Server, WAIT};
-use protocol::{ClientMessage, Event, EventKind, Reply};
+use chat_tests::talker::{Seen, Talker};
+use chat_tests::{COOKIE, Ctx, Server, Signal, WAIT};
+use protocol::{ClientMessage, Event, EventKind, Reply, ResumeFailure, SessionTicket};
 
 /// Starts node `name` of the cluster in `redis`, with a short tick so that leases and
 /// liveness run in test time.
@@ -270,5 +270,367 @@ fn two_nodes_racing_for_one_nick_let_exactly_one_win() {
                 .count();
             assert_eq!((won, lost), (1, 1), "round {round}: {answers:?}");
         }
+    });
+}
+
+/// The ticket, epoch and number of a join's answer.
+fn session_of(reply: &Reply) -> (SessionTicket, u64, u64) {
+    match reply {
+        Reply::Joined {
+            ticket, epoch, seq, ..
+        } => (*ticket, *epoch, *seq),
+        other => panic!("not a join's answer: {other:?}"),
+    }
+}
+
+/// The texts of the room messages in `events`, in order.
+fn texts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Message { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn left(nick: &str) -> impl Fn(&Seen) -> bool + '_ {
+    move |seen| {
+        seen.events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Left { nick: n, .. } if n == nick))
+    }
+}
+
+fn heard(text: &str) -> impl Fn(&Seen) -> bool + '_ {
+    move |seen| texts(&seen.events).iter().any(|t| t == text)
+}
+
+#[test]
+fn a_killed_node_s_members_leave_and_its_clients_resume_elsewhere() {
+    let Some(redis) =
+        redis_or_skip("a_killed_node_s_members_leave_and_its_clients_resume_elsewhere")
+    else {
+        return;
+    };
+    let ctx = Ctx::new();
+    let a = node(&ctx, &redis, "a@localhost", &[]);
+    let b = node(&ctx, &redis, "b@localhost", &[]);
+    let mut c = node(&ctx, &redis, "c@localhost", &[]);
+    runtime().block_on(async {
+        let ann = talker(&a, "ann").await;
+        let bob = talker(&b, "bob").await;
+        let (cid, cid_joined) = Talker::join(c.port(), c.name(), COOKIE, "cid")
+            .await
+            .unwrap();
+        let (dan, dan_joined) = Talker::join(c.port(), c.name(), COOKIE, "dan")
+            .await
+            .unwrap();
+        ann.say(1, "before");
+        for t in [&bob, &cid, &dan] {
+            t.wait("ann's first message", heard("before"))
+                .await
+                .unwrap();
+        }
+
+        c.proc.signal(Signal::Kill);
+        for t in [&cid, &dan] {
+            t.wait("the end of the connection", |seen| seen.ended.is_some())
+                .await
+                .unwrap();
+        }
+        // The others keep talking while c's members are away.
+        ann.say(2, "while away 1");
+        bob.say(1, "while away 2");
+        bob.wait("an acknowledgement", |seen| seen.sent(1).is_some())
+            .await
+            .unwrap();
+        ann.wait("an acknowledgement", |seen| seen.sent(2).is_some())
+            .await
+            .unwrap();
+
+        // cid fails over to a at once and takes its session over: nobody saw it go.
+        let (ticket, epoch, _) = session_of(&cid_joined);
+        let last = cid.seen().events.last().map_or(0, |e| e.seq);
+        let (cid2, answer) = Talker::resume("cid", a.port(), a.name(), COOKIE, ticket, epoch, last)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                answer,
+                Reply::Resumed {
+                    lost: 0,
+                    rejoined: false,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        cid2.wait("what it missed", heard("while away 2"))
+            .await
+            .unwrap();
+
+        // dan does not come back in time: the cluster releases it once c's lease ends.
+        for t in [&ann, &bob, &cid2] {
+            t.wait("dan's departure", left("dan")).await.unwrap();
+        }
+        bob.say(2, "after");
+        for t in [&ann, &cid2] {
+            t.wait("bob's last message", heard("after")).await.unwrap();
+        }
+        assert!(
+            !left("cid")(&ann.seen()),
+            "cid's failover was seen as a departure"
+        );
+
+        // dan comes back later, on b: it rejoins and gets what it missed.
+        let (ticket, epoch, _) = session_of(&dan_joined);
+        let last = dan.seen().events.last().map_or(0, |e| e.seq);
+        let (dan2, answer) = Talker::resume("dan", b.port(), b.name(), COOKIE, ticket, epoch, last)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                answer,
+                Reply::Resumed {
+                    lost: 0,
+                    rejoined: true,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        dan2.wait("what it missed", heard("after")).await.unwrap();
+        ann.wait("dan's return", |seen| {
+            seen.events
+                .iter()
+                .filter(|e| matches!(&e.kind, EventKind::Joined { nick } if nick == "dan"))
+                .count()
+                == 2
+        })
+        .await
+        .unwrap();
+
+        // Nothing lost, nothing twice: each of c's members heard every message once.
+        let said = ["before", "while away 1", "while away 2", "after"];
+        for (name, before, after) in [("cid", &cid, &cid2), ("dan", &dan, &dan2)] {
+            let mut all = before.seen().events;
+            all.extend(after.seen().events);
+            assert!(
+                all.windows(2).all(|w| w[0].seq < w[1].seq),
+                "{name} got events out of sequence or twice"
+            );
+            // (The two said while away were said at once: Redis ordered them.)
+            let mut got = texts(&all);
+            got.sort();
+            let mut want = said.map(String::from).to_vec();
+            want.sort();
+            assert_eq!(got, want, "{name}");
+        }
+        // And everyone agrees on the order.
+        let mut cid_all = cid.seen().events;
+        cid_all.extend(cid2.seen().events);
+        assert_one_order(&[
+            ("ann".into(), ann.seen().events),
+            ("bob".into(), bob.seen().events),
+            ("cid".into(), cid_all),
+        ]);
+    });
+}
+
+/// A persistent redis-server (every write on disk before the answer), or `None` when
+/// redis-server is missing and not required.
+fn persistent_redis(test: &str) -> Option<RedisServer> {
+    redis_or_skip(test)?;
+    Some(RedisServer::start_persistent())
+}
+
+fn unavailable(held: bool) -> impl Fn(&Seen) -> bool {
+    move |seen| {
+        seen.replies
+            .iter()
+            .any(|r| matches!(r, Reply::Unavailable { held: h, .. } if *h == held))
+    }
+}
+
+#[test]
+fn redis_killed_and_restarted_during_traffic_loses_nothing_accepted() {
+    let Some(mut redis) =
+        persistent_redis("redis_killed_and_restarted_during_traffic_loses_nothing_accepted")
+    else {
+        return;
+    };
+    let ctx = Ctx::new();
+    // Leases longer than the outage: the nodes stay the room's through it.
+    let args = [
+        "--rate",
+        "10000",
+        "--burst",
+        "10000",
+        "--cluster-lease",
+        "60",
+    ];
+    let a = node(&ctx, &redis, "a@localhost", &args);
+    let b = node(&ctx, &redis, "b@localhost", &args);
+    runtime().block_on(async {
+        let ann = talker(&a, "ann").await;
+        let bob = talker(&b, "bob").await;
+        let cid = talker(&b, "cid").await;
+        for id in 1..=10 {
+            ann.say(id, &format!("ann {id}"));
+        }
+        ann.wait("the first acknowledgements", |seen| seen.sent(10).is_some())
+            .await
+            .unwrap();
+
+        tokio::task::block_in_place(|| redis.kill());
+        // Said while Redis is down: held by the nodes (up to a bound), the senders told.
+        const OUTAGE: u64 = 300;
+        for id in 11..=10 + OUTAGE {
+            ann.say(id, &format!("ann {id}"));
+        }
+        for id in 1..=10 {
+            bob.say(id, &format!("bob {id}"));
+        }
+        ann.wait("the notice that messages are held", unavailable(true))
+            .await
+            .unwrap();
+        bob.wait("the notice that messages are held", unavailable(true))
+            .await
+            .unwrap();
+        // More than a node holds for one sender is refused, and the sender told.
+        ann.wait("a refusal", unavailable(false)).await.unwrap();
+        // A join needs Redis: refused, to be tried again later.
+        let (_, refused) = Talker::open(
+            "eve",
+            a.port(),
+            "eve@localhost",
+            a.name(),
+            COOKIE,
+            ClientMessage::Join {
+                nick: "eve".into(),
+                backlog: 0,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(refused, Reply::Unavailable { id: 0, held: false });
+
+        tokio::task::block_in_place(|| redis.restart());
+        // Every message is answered: acknowledged (with its number) or refused.
+        let answered = |last: u64| {
+            move |seen: &Seen| {
+                (1..=last).all(|id| {
+                    seen.sent(id).is_some()
+                        || seen
+                            .replies
+                            .contains(&Reply::Unavailable { id, held: false })
+                })
+            }
+        };
+        ann.wait("an answer to every message", answered(10 + OUTAGE))
+            .await
+            .unwrap();
+        bob.wait("an answer to every message", answered(10))
+            .await
+            .unwrap();
+        let (ann_seen, bob_seen) = (ann.seen(), bob.seen());
+        let accepted: Vec<(u64, String)> = (1..=10 + OUTAGE)
+            .filter_map(|id| ann_seen.sent(id).map(|seq| (seq, format!("ann {id}"))))
+            .chain(
+                (1..=10).filter_map(|id| bob_seen.sent(id).map(|seq| (seq, format!("bob {id}")))),
+            )
+            .collect();
+        let refused = 10 + OUTAGE + 10 - accepted.len() as u64;
+        assert!(refused > 0 && refused < OUTAGE, "{refused} refused");
+        for (seq, _) in &accepted {
+            assert!(*seq > 0, "an acknowledgement without a number");
+        }
+        // cid hears exactly the accepted messages, once each, at their numbers.
+        let last_seq = accepted.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        cid.wait("every accepted message", |seen| {
+            seen.events.last().is_some_and(|e| e.seq >= last_seq)
+        })
+        .await
+        .unwrap();
+        let mut expected: Vec<(u64, String)> = accepted
+            .iter()
+            .filter(|(_, text)| text.starts_with("ann"))
+            .cloned()
+            .collect();
+        expected.sort();
+        let heard_from_ann: Vec<(u64, String)> = cid
+            .seen()
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Message { from, text } if from == "ann" => Some((e.seq, text.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heard_from_ann, expected);
+        // A sender's accepted messages keep the order it sent them in.
+        let ids: Vec<u64> = expected
+            .iter()
+            .filter_map(|(_, t)| t.strip_prefix("ann ")?.parse().ok())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ann's order broke");
+        assert_one_order(&[
+            ("ann".into(), ann.seen().events),
+            ("bob".into(), bob.seen().events),
+            ("cid".into(), cid.seen().events),
+        ]);
+    });
+}
+
+#[test]
+fn a_redis_that_lost_the_room_makes_every_node_start_again() {
+    let Some(mut redis) = redis_or_skip("a_redis_that_lost_the_room_makes_every_node_start_again")
+    else {
+        return;
+    };
+    let ctx = Ctx::new();
+    let mut a = node(&ctx, &redis, "a@localhost", &[]);
+    let mut b = node(&ctx, &redis, "b@localhost", &[]);
+    for n in [&mut a, &mut b] {
+        n.proc
+            .expect_stderr_line("serving the cluster's room", WAIT);
+    }
+    runtime().block_on(async {
+        let (ann, joined) = Talker::join(a.port(), a.name(), COOKIE, "ann")
+            .await
+            .unwrap();
+        let bob = talker(&b, "bob").await;
+        ann.say(1, "before");
+        bob.wait("ann's message", heard("before")).await.unwrap();
+
+        // Restarted without its data: the room's epoch is gone.
+        tokio::task::block_in_place(|| redis.restart());
+        for t in [&ann, &bob] {
+            t.wait("the end of the connection", |seen| seen.ended.is_some())
+                .await
+                .unwrap();
+        }
+        tokio::task::block_in_place(|| {
+            for n in [&mut a, &mut b] {
+                n.proc
+                    .expect_stderr_line("serving the cluster's room", WAIT);
+            }
+        });
+        let (ticket, epoch, _) = session_of(&joined);
+        let (_, answer) = Talker::resume("ann", a.port(), a.name(), COOKIE, ticket, epoch, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Reply::ResumeFailed {
+                reason: ResumeFailure::EpochChanged
+            }
+        );
+        // The room works again, across nodes, in the new epoch.
+        let ann = talker(&a, "ann").await;
+        let bob = talker(&b, "bob").await;
+        ann.say(1, "after");
+        bob.wait("ann's message", heard("after")).await.unwrap();
     });
 }

@@ -36,4 +36,4 @@ pub mod registry;
 pub mod writer;
 
 pub use config::ServerConfig;
-pub use listener::serve;
+pub use listener::{serve, serve_with};

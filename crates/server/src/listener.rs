@@ -26,6 +26,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(config, listener, shutdown, || {}).await;
+}
+
+/// [`serve`], calling `ready` once the room can be joined: at once for a room of this
+/// process, once the store is reached for a node of a cluster (connections are
+/// accepted before, and told to try again later).
+pub async fn serve_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) {
     let history = Arc::new(History::new(
         config.history_events,
         config.history_bytes,
@@ -52,14 +64,18 @@ pub async fn serve(
     });
     let (name, recent) = (config.name.to_string(), config.history_events);
     let local_rules = rules.clone();
+    let (room_ready, mut on_room_ready) = tokio::sync::oneshot::channel();
     let registry = registry::spawn(
         REGISTRY_MAILBOX,
         history.clone(),
         rules,
         private_limit,
         move |mail| match cluster {
-            Some(cluster) => Box::new(RedisBackend::start(cluster, name, recent, mail)),
-            None => registry::local_backend(&local_rules),
+            Some(cluster) => Box::new(RedisBackend::start(cluster, name, recent, mail, room_ready)),
+            None => {
+                let _ = room_ready.send(());
+                registry::local_backend(&local_rules)
+            }
         },
     );
     let stopping = CancellationToken::new();
@@ -86,9 +102,16 @@ pub async fn serve(
         stopping.clone(),
     ));
     tokio::pin!(shutdown);
+    let mut ready = Some(ready);
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
+            Ok(()) = &mut on_room_ready, if ready.is_some() => {
+                if let Some(ready) = ready.take() {
+                    ready();
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, addr) = match accepted {

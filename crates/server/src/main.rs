@@ -245,8 +245,10 @@ async fn run_room(args: RoomArgs) -> Result<()> {
 
     tracing::info!(cookie = %cookie_source, "cookie loaded");
     let signals = ShutdownSignals::install()?;
-    println!("chat-server {name} ready on port {port}");
-    chat_server::serve(config, listener, signals.received()).await;
+    chat_server::serve_with(config, listener, signals.received(), || {
+        println!("chat-server {name} ready on port {port}");
+    })
+    .await;
     tracing::info!("bye");
     Ok(())
 }

@@ -172,12 +172,21 @@ pub struct RedisBackend {
     told: HashSet<SessionId>,
     /// Reader interruptions in a row (logged once).
     interrupted: u32,
+    /// Told once, when the room is first served.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl RedisBackend {
     /// Starts connecting to the room in Redis as node `name`, reading up to `recent`
-    /// entries into the local history; tasks post to `mail`.
-    pub fn start(config: ClusterConfig, name: String, recent: usize, mail: MailSender) -> Self {
+    /// entries into the local history; tasks post to `mail`; `ready` is told when the
+    /// room is first served.
+    pub fn start(
+        config: ClusterConfig,
+        name: String,
+        recent: usize,
+        mail: MailSender,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) -> Self {
         let mut backend = Self {
             config,
             name,
@@ -192,6 +201,7 @@ impl RedisBackend {
             ticking: false,
             told: HashSet::new(),
             interrupted: 0,
+            ready: Some(ready),
         };
         backend.connect();
         backend
@@ -715,6 +725,9 @@ impl Backend for RedisBackend {
                 );
                 self.phase = Phase::Ready { cluster, stop };
                 fx.push_back(Effect::Start(snapshot));
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(());
+                }
             }
             Note::Entries { entries, .. } => {
                 if self.interrupted > 0 {
