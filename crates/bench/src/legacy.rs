@@ -220,6 +220,7 @@ impl ClientHandshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::HEADER_LEN;
 
     // A version 1 exchange recorded from the `protocol` crate's own client and server
     // (client nonce 01.., server nonce 02.., cookie `chocolate-chip`, tick 15 s), so this
