@@ -22,7 +22,6 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-
 /// The protocol version this module speaks.
 pub const VERSION: u8 = 1;
 
