@@ -12,6 +12,8 @@
 //! - [`session`]: the running session: what the REPL calls; it sends through a connection's
 //!   message handler and writer (`link`), swapped underneath when reconnecting.
 //! - [`reconnect`]: after losing the server, reconnect with backoff and rejoin.
+//! - `shared`: what the session, its links and the reconnect task share (re-exported
+//!   from [`session`]).
 //! - [`plain`]: the plain line-by-line REPL over standard input.
 //! - [`terminal`]: the line-editor REPL for a terminal (rustyline, external printer).
 //! - [`frontend`]: picks one of the two.
@@ -29,5 +31,6 @@ pub mod plain;
 pub mod reconnect;
 pub mod render;
 pub mod session;
+mod shared;
 pub mod style;
 pub mod terminal;

@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::connect::{Connection, SessionStream};
 use crate::render;
-use crate::session::{CALL_TIMEOUT, Output, Shared};
+use crate::shared::{CALL_TIMEOUT, Output, Shared};
 
 /// After a failed write, how long the message handler gets to read what the server sent
 /// before closing (typically the reason it closed) before the write error is reported.

@@ -26,7 +26,7 @@ use tracing::debug;
 use crate::connect::{self, Connection, ServerTarget};
 use crate::link::{self, Context, Link, LinkWatch};
 use crate::render;
-use crate::session::Shared;
+use crate::shared::Shared;
 
 /// How long to wait between reconnection attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]

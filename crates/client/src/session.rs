@@ -14,13 +14,11 @@
 //! returns at once. The front end does not know how lines are read: a plain reader and a
 //! line editor drive it alike through [`Session::handle_line`].
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use protocol::limits::MAX_FRAME_LEN;
-use protocol::{ClientMessage, EventKind, NodeName};
+use protocol::{ClientMessage, NodeName};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -29,68 +27,14 @@ use crate::command::{self, Command};
 use crate::connect::Connection;
 use crate::link::{self, Context, Link, Outcome, Waited};
 use crate::reconnect::{self, Redial};
-use crate::render::{self, LineKind};
-
-/// How long the front end waits for the answer to a join or a leave (and, on quit, for
-/// the socket to be flushed and closed).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::render;
+use crate::shared::Shared;
+pub use crate::shared::{CALL_TIMEOUT, Members, Output};
 
 /// Longest message text the client sends; the rest of the frame limit is left for the
 /// message's envelope. (The server's own text limit is usually much lower and is
 /// reported back as a reply.)
 pub const MAX_SEND_TEXT: usize = MAX_FRAME_LEN - 1024;
-
-/// Where the session's output lines go. The plain REPL prints them to standard output;
-/// a line editor prints them above the line being typed.
-pub trait Output: Send + Sync + 'static {
-    /// Shows one complete line (without its line terminator) to the user.
-    fn line(&self, line: &str);
-
-    /// Shows a line that came from the server; `kind` lets a terminal colour it or
-    /// timestamp it. By default it is shown like any other line.
-    fn incoming(&self, kind: LineKind, line: &str) {
-        let _ = kind;
-        self.line(line);
-    }
-}
-
-/// The nicks in the room as this client last heard them (from the join answer, `/users`
-/// answers and join/leave events); empty while not joined. Cheap to clone, so a line
-/// editor's completer can hold one.
-#[derive(Debug, Clone, Default)]
-pub struct Members(Arc<Mutex<BTreeSet<String>>>);
-
-impl Members {
-    /// The nicks, sorted.
-    pub fn snapshot(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        // Every update is a single insert, remove or replace: a poisoned set is still whole.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Replaces the whole list (a join answer, a `/users` answer, leaving).
-    pub(crate) fn replace(&self, users: &[String]) {
-        *self.lock() = users.iter().cloned().collect();
-    }
-
-    /// Follows one room event.
-    pub(crate) fn follow(&self, event: &EventKind) {
-        match event {
-            EventKind::Joined { nick } => {
-                self.lock().insert(nick.clone());
-            }
-            EventKind::Left { nick, .. } => {
-                self.lock().remove(nick);
-            }
-            EventKind::Message { .. } | EventKind::Private { .. } | EventKind::Notice { .. } => {}
-        }
-    }
-}
 
 /// What the REPL should do after handling a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,19 +84,6 @@ impl LostSignal {
             Err(_) => std::future::pending().await,
         }
     }
-}
-
-/// State shared by the front end, the message handlers and the reconnect task.
-pub(crate) struct Shared {
-    /// Whether the server last told us we are in the room.
-    pub(crate) joined: AtomicBool,
-    /// Whether the user wants to be in the room: set on asking to join (and on being
-    /// in), cleared on leaving or being refused. Decides whether a reconnect rejoins.
-    pub(crate) wants_room: AtomicBool,
-    /// Set while leaving to exit: the final `Left` prints nothing.
-    pub(crate) quitting: AtomicBool,
-    /// Who is in the room.
-    pub(crate) members: Members,
 }
 
 /// The reconnect task and what it hands over.
@@ -495,29 +426,5 @@ fn new_context(server: &NodeName, output: Arc<dyn Output>) -> Context {
             quitting: AtomicBool::new(false),
             members: Members::default(),
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::LeaveReason;
-
-    #[test]
-    fn members_follow_joins_leaves_and_user_lists() {
-        let members = Members::default();
-        members.replace(&["bob".into(), "ann".into()]);
-        members.follow(&EventKind::Joined { nick: "cy".into() });
-        members.follow(&EventKind::Left {
-            nick: "bob".into(),
-            reason: LeaveReason::Timeout,
-        });
-        members.follow(&EventKind::Message {
-            from: "ann".into(),
-            text: "hi".into(),
-        });
-        assert_eq!(members.snapshot(), ["ann", "cy"]);
-        members.replace(&[]);
-        assert!(members.snapshot().is_empty());
     }
 }
