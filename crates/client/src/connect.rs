@@ -231,7 +231,7 @@ pub async fn connect(
 }
 
 /// Asks the port mapper on the server's host for the server's port.
-async fn lookup_port(name: &NodeName, mapper_port: u16) -> Result<u16, ConnectError> {
+pub(crate) async fn lookup_port(name: &NodeName, mapper_port: u16) -> Result<u16, ConnectError> {
     let host = name.host();
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, mapper_port))
         .await

@@ -13,7 +13,9 @@
 //!   message handler and writer (`link`), swapped underneath when reconnecting.
 //! - [`reconnect`]: after losing the server, reconnect with backoff and rejoin.
 //! - `shared`: what the session, its links and the reconnect task share (re-exported
-//!   from [`session`]).
+//!   from [`session`]); `position` (where the session stands in the room's history),
+//!   `sends` (says waiting for their acknowledgement) and `pacing` (the send schedule
+//!   within the server's flood limit) are its parts.
 //! - [`plain`]: the plain line-by-line REPL over standard input.
 //! - [`terminal`]: the line-editor REPL for a terminal (rustyline, external printer).
 //! - [`frontend`]: picks one of the two.
@@ -27,9 +29,12 @@ pub mod command;
 pub mod connect;
 pub mod frontend;
 mod link;
+mod pacing;
 pub mod plain;
+mod position;
 pub mod reconnect;
 pub mod render;
+mod sends;
 pub mod session;
 mod shared;
 pub mod style;

@@ -1,18 +1,21 @@
 //! What the session's parts share: where lines go ([`Output`]), who is in the room
-//! ([`Members`]), the join state ([`Shared`]) and how long a call may wait.
+//! ([`Members`]), the join state, the place in the room's history and the queue of
+//! unacknowledged sends ([`Shared`]), and how long a call may wait.
 //!
 //! The front end ([`crate::session`]), a connection's tasks (`link`) and the reconnect
 //! task ([`crate::reconnect`]) all use these; this module uses none of them, so the
 //! dependencies run one way: session -> reconnect -> link -> shared.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use protocol::EventKind;
+use protocol::{ClientMessage, EventKind};
 
+use crate::position::Position;
 use crate::render::LineKind;
+use crate::sends::Sends;
 
 /// How long the front end waits for the answer to a join or a leave (and, on quit, for
 /// the socket to be flushed and closed).
@@ -81,6 +84,59 @@ pub(crate) struct Shared {
     pub(crate) quitting: AtomicBool,
     /// Who is in the room.
     pub(crate) members: Members,
+    /// Set while a join the client made by itself (after reconnecting) is unanswered,
+    /// so that a refusal also says where the user stands.
+    pub(crate) auto_join: AtomicBool,
+    /// The nick to join with.
+    pub(crate) nick: String,
+    /// How many earlier messages a join asks for (`--backlog`).
+    pub(crate) backlog: AtomicU16,
+    /// The session to resume and the last event printed.
+    pub(crate) position: Mutex<Position>,
+    /// Says and private messages waiting for their acknowledgement.
+    pub(crate) sends: Sends,
+    /// The number of the last connection started (each gets the next).
+    links: AtomicU64,
+}
+
+impl Shared {
+    /// The state of a new session joining as `nick`.
+    pub(crate) fn new(nick: String) -> Self {
+        Self {
+            joined: AtomicBool::new(false),
+            wants_room: AtomicBool::new(false),
+            quitting: AtomicBool::new(false),
+            members: Members::default(),
+            auto_join: AtomicBool::new(false),
+            nick,
+            backlog: AtomicU16::new(0),
+            position: Mutex::default(),
+            sends: Sends::default(),
+            links: AtomicU64::new(0),
+        }
+    }
+
+    /// A number for a new connection, never used before in this session.
+    pub(crate) fn next_link(&self) -> u64 {
+        self.links.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The position in the room's history, locked.
+    pub(crate) fn position(&self) -> MutexGuard<'_, Position> {
+        // Every update is a few assignments that cannot panic: a poisoned lock still
+        // guards a whole position.
+        self.position
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The message that joins the room as this session's nick, with its backlog.
+    pub(crate) fn join_message(&self) -> ClientMessage {
+        ClientMessage::Join {
+            nick: self.nick.clone(),
+            backlog: self.backlog.load(Ordering::SeqCst),
+        }
+    }
 }
 
 #[cfg(test)]
