@@ -38,6 +38,8 @@
 //!   keeping a compact log of what it saw (the scale tests).
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
 //!   killing processes by command line (the detached port mapper).
+//! - [`faults::FaultProxy`]: a TCP proxy that cuts its connections silently (no FIN) or
+//!   pauses them and delivers everything held at once (the resume and flood tests).
 //!
 //! # Rules the tests follow
 //!
@@ -53,6 +55,7 @@ use std::time::Duration;
 pub mod bins;
 pub mod chaos;
 pub mod crowd;
+pub mod faults;
 pub mod net;
 pub mod nodes;
 pub mod process;
