@@ -47,6 +47,8 @@
 //!   reply it receives, for comparing what members on several nodes saw.
 //! - [`net`]: free ports, raw epmd `NAMES` requests, a recording TCP proxy, finding and
 //!   killing processes by command line (the detached port mapper).
+//! - [`faults::FaultProxy`]: a TCP proxy that cuts its connections silently (no FIN) or
+//!   pauses them and delivers everything held at once (the resume and flood tests).
 //!
 //! # Rules the tests follow
 //!
@@ -63,6 +65,7 @@ pub mod beam;
 pub mod bins;
 pub mod chaos;
 pub mod crowd;
+pub mod faults;
 pub mod net;
 pub mod nodes;
 pub mod process;

@@ -15,21 +15,21 @@
 //! | b) slowloris | 200 connections | 1,000 connections |
 //! | c) garbage | 50 rounds of every attack | 500 rounds |
 //! | d) slow consumer | default queue limits (1024 frames, 4 MiB) | the same, 3 sloths |
-//! | e) churn | 50 clients for 10 s | 200 clients for 60 s |
+//! | e) churn (a third of the sessions cut once and resumed) | 50 clients for 10 s | 200 clients for 60 s |
 //! | f) SIGTERM | 100 clients | 500 clients |
 //! | g) SIGTERM, a reader that never reads | 3 MB queued | the same |
 //!
 //! Many connections run as async raw protocol clients in one tokio runtime
 //! ([`chat_tests::chaos::AsyncRaw`]) rather than as hundreds of processes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_tests::chaos::{AsyncRaw, Memory, Rng, memory, raise_open_files_limit, scaled};
 use chat_tests::{COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
-use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
+use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage, SessionTicket};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -750,23 +750,38 @@ fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed()
 // ---------------------------------------------------------------------------------------
 // e) churn
 
-/// One session of a churning client, as it saw it.
+/// One session of a churning client, as it saw it (across the connections it resumed
+/// on).
 #[derive(Default)]
 struct Session {
     nick: String,
-    /// Room events received, in order: (room seq, sender, per-sender seq).
-    received: Vec<(u64, String, u64)>,
-    /// Messages this session said (all accepted: no SlowDown came back).
+    /// Room events received, in order: (room seq, what happened).
+    received: Vec<(u64, String)>,
+    /// The room's number at the join: every later event not about itself is due.
+    joined_at: u64,
+    /// Messages this session said, with ids 1..=said (none refused: no SlowDown).
     said: u64,
+    /// Says not yet acknowledged: sent again, with their ids, after a resume.
+    unacked: VecDeque<(u64, String)>,
+    /// Connections cut under it and resumed.
+    resumed: u64,
     /// Still connected at the end of the churn.
     survivor: bool,
     /// The room seq of the END marker, for survivors.
     end_seq: Option<u64>,
 }
 
+impl Session {
+    /// The last room event received (0 for none).
+    fn last_seq(&self) -> u64 {
+        self.received.last().map_or(self.joined_at, |r| r.0)
+    }
+}
+
 struct ChurnTotals {
     sessions: AtomicU64,
     abrupt: AtomicU64,
+    resumed: AtomicU64,
     bytes: AtomicU64,
 }
 
@@ -776,8 +791,59 @@ fn parse_churn(text: &str) -> Option<(String, u64)> {
     Some((nick.to_string(), seq.parse().ok()?))
 }
 
+/// Joins as `nick` on a new connection; returns it with the session's ticket, epoch and
+/// the room's number at the join.
+async fn churn_join(port: u16, server: &str, nick: &str) -> (AsyncRaw, SessionTicket, u64, u64) {
+    let own = format!("{nick}@localhost");
+    let mut raw = AsyncRaw::open(port, &own, server, COOKIE)
+        .await
+        .unwrap_or_else(|e| panic!("{nick}: {e}"));
+    match raw.join(nick).await {
+        Ok(Reply::Joined {
+            ticket, epoch, seq, ..
+        }) => (raw, ticket, epoch, seq),
+        other => panic!("{nick}: join answered {other:?}"),
+    }
+}
+
+/// Cuts `raw` (a TCP reset, as a dead link looks), waits `pause`, and resumes the
+/// session on a new connection, sending again what was not acknowledged.
+async fn churn_resume(
+    raw: &mut AsyncRaw,
+    s: &mut Session,
+    (port, server): (u16, &str),
+    (ticket, epoch): (SessionTicket, u64),
+    pause: Duration,
+) {
+    let own = format!("{}@localhost", s.nick);
+    let fresh = AsyncRaw::open(port, &own, server, COOKIE)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", s.nick));
+    std::mem::replace(raw, fresh).reset();
+    tokio::time::sleep(pause).await;
+    let resume = ClientMessage::Resume {
+        ticket,
+        epoch,
+        last_seq: s.last_seq(),
+    };
+    raw.send(&resume)
+        .await
+        .unwrap_or_else(|e| panic!("{}: cannot resume: {e}", s.nick));
+    match raw.expect_reply().await {
+        Ok(Reply::Resumed { lost: 0, .. }) => {}
+        other => panic!("{}: resume answered {other:?}", s.nick),
+    }
+    s.resumed += 1;
+    for (id, text) in s.unacked.clone() {
+        raw.send(&ClientMessage::Say { id, text })
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot say again: {e}", s.nick));
+    }
+}
+
 /// One slot: sessions one after another until `until`; the last one stays connected,
-/// waits for `END` and reports.
+/// waits for `END` and reports. Some sessions have their connection cut and resume it
+/// on another after a pause.
 async fn churn_slot(
     port: u16,
     server: String,
@@ -792,20 +858,24 @@ async fn churn_slot(
     loop {
         let nick = format!("c{slot}g{generation}");
         generation += 1;
-        let mut raw = match AsyncRaw::open_joined(port, &server, COOKIE, &nick).await {
-            Ok(raw) => raw,
-            Err(e) => panic!("{nick}: {e}"),
-        };
+        let (mut raw, ticket, epoch, joined_at) = churn_join(port, &server, &nick).await;
         totals.sessions.fetch_add(1, Ordering::Relaxed);
         let mut s = Session {
             nick: nick.clone(),
+            joined_at,
             ..Session::default()
         };
+        let now = tokio::time::Instant::now();
         let life = Duration::from_millis(rng.range(300, 3_000));
-        let session_end = (tokio::time::Instant::now() + life).min(until);
+        let session_end = (now + life).min(until);
         let last = session_end >= until;
-        let mut next_say = tokio::time::Instant::now() + Duration::from_millis(rng.range(20, 200));
+        let mut next_say = now + Duration::from_millis(rng.range(20, 200));
         let stop_at = if last { until } else { session_end };
+        // A third of the sessions lose their connection once, somewhere in their life.
+        let mut cut_at = rng
+            .chance(33)
+            .then(|| now + Duration::from_millis(rng.range(50, 2_000)))
+            .filter(|at| *at < stop_at);
         // Talk and listen until the session ends.
         loop {
             tokio::select! {
@@ -815,11 +885,19 @@ async fn churn_slot(
                     Err(e) => panic!("{nick}: {e}"),
                 },
                 () = tokio::time::sleep_until(next_say), if next_say < stop_at => {
-                    raw.send(&ClientMessage::Say { id: 0, text: format!("{nick} {}", s.said) })
+                    s.said += 1;
+                    let (id, text) = (s.said, format!("{nick} {}", s.said - 1));
+                    s.unacked.push_back((id, text.clone()));
+                    raw.send(&ClientMessage::Say { id, text })
                         .await
                         .unwrap_or_else(|e| panic!("{nick}: cannot say: {e}"));
-                    s.said += 1;
                     next_say += Duration::from_millis(rng.range(20, 200));
+                }
+                () = tokio::time::sleep_until(cut_at.unwrap_or(stop_at)), if cut_at.is_some() => {
+                    cut_at = None;
+                    let pause = Duration::from_millis(rng.range(0, 500));
+                    churn_resume(&mut raw, &mut s, (port, &server), (ticket, epoch), pause).await;
+                    totals.resumed.fetch_add(1, Ordering::Relaxed);
                 }
                 () = tokio::time::sleep_until(stop_at) => break,
             }
@@ -870,27 +948,53 @@ async fn churn_slot(
                     Err(e) => panic!("{nick}: leaving: {e}"),
                 }
             }
+            // Everything said before the leave was answered before it.
+            assert!(
+                s.unacked.is_empty(),
+                "{nick}: unacknowledged says {:?}",
+                s.unacked
+            );
         }
         sessions.push(s);
     }
 }
 
+/// Keeps what a session received: every room event with what it was, and the
+/// acknowledgements of its says.
 fn record(s: &mut Session, msg: ServerMessage) {
     match msg {
-        ServerMessage::Event(Event {
-            seq,
-            kind: EventKind::Message { from, text },
-        }) => {
-            let Some((sender, n)) = parse_churn(&text) else {
-                panic!("{}: unexpected text {text:?} from {from}", s.nick)
+        ServerMessage::Event(Event { seq, kind }) => {
+            let what = match kind {
+                EventKind::Message { from, text } => {
+                    let Some((sender, _)) = parse_churn(&text) else {
+                        panic!("{}: unexpected text {text:?} from {from}", s.nick)
+                    };
+                    assert_eq!(sender, from, "{}: text {text:?} from {from}", s.nick);
+                    format!("say {text}")
+                }
+                EventKind::Joined { nick } => format!("joined {nick}"),
+                EventKind::Left { nick, reason } => format!("left {nick} {reason:?}"),
+                other => panic!("{}: unexpected event {other:?}", s.nick),
             };
-            assert_eq!(sender, from, "{}: text {text:?} from {from}", s.nick);
-            s.received.push((seq, from, n));
+            s.received.push((seq, what));
+        }
+        ServerMessage::Reply(Reply::Sent { id, .. }) => {
+            while s.unacked.front().is_some_and(|(first, _)| *first <= id) {
+                s.unacked.pop_front();
+            }
         }
         ServerMessage::Reply(Reply::SlowDown) => panic!("{}: told to slow down", s.nick),
         ServerMessage::Closing { reason } => panic!("{}: closed: {reason:?}", s.nick),
         _ => {}
     }
+}
+
+/// Whether the event described as `what` is about `nick` itself (its own say, its own
+/// arrival or departure), which the room never sends back to it.
+fn about(what: &str, nick: &str) -> bool {
+    let mut words = what.split(' ');
+    let (kind, subject) = (words.next(), words.next());
+    matches!(kind, Some("say" | "joined" | "left")) && subject == Some(nick)
 }
 
 #[test]
@@ -922,6 +1026,7 @@ fn e_churn_loses_nothing_and_the_registry_ends_exact() {
     let totals = Arc::new(ChurnTotals {
         sessions: AtomicU64::new(0),
         abrupt: AtomicU64::new(0),
+        resumed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     });
     let end = Arc::new(tokio::sync::Notify::new());
@@ -1019,48 +1124,48 @@ fn e_churn_loses_nothing_and_the_registry_ends_exact() {
     users.sort();
     assert_eq!(users, expected, "the registry after churn");
 
-    // Every message: (sender, n) -> room seq, as anyone saw it.
-    let mut seq_of: HashMap<(String, u64), u64> = HashMap::new();
+    // Every room event, by its number, as anyone saw it: one number, one event.
+    let mut events: BTreeMap<u64, &str> = BTreeMap::new();
     let mut said_by: BTreeMap<String, u64> = BTreeMap::new();
     for s in &sessions {
         said_by.insert(s.nick.clone(), s.said);
-        for (seq, from, n) in &s.received {
-            if let Some(old) = seq_of.insert((from.clone(), *n), *seq) {
-                assert_eq!(old, *seq, "{from} {n} has two room seqs");
+        for (seq, what) in &s.received {
+            if let Some(old) = events.insert(*seq, what) {
+                assert_eq!(old, what, "room seq {seq} is two events");
             }
         }
     }
     let mut checked = 0u64;
     for s in &sessions {
-        // In room order, and in order per sender with no gap.
+        // Exactly once and in room order, across the connections it resumed on.
         assert!(
             s.received.windows(2).all(|w| w[0].0 < w[1].0),
-            "{}: events out of room order",
+            "{}: events repeated or out of room order",
             s.nick
         );
-        let mut last: HashMap<&str, u64> = HashMap::new();
-        for (_, from, n) in &s.received {
-            if let Some(prev) = last.insert(from, *n) {
-                assert_eq!(*n, prev + 1, "{}: from {from}, {n} after {prev}", s.nick);
+        // Each sender's messages in order, with no gap, each one said.
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for (_, what) in &s.received {
+            let Some((from, n)) = what.strip_prefix("say ").and_then(parse_churn) else {
+                continue;
+            };
+            let said = said_by.get(&from).copied().unwrap_or(0);
+            assert!(n < said, "{}: {from} {n} was never said", s.nick);
+            if let Some(prev) = last.insert(from.clone(), n) {
+                assert_eq!(n, prev + 1, "{}: from {from}, {n} after {prev}", s.nick);
             }
-            assert!(*n < said_by[from], "{}: {from} {n} was never said", s.nick);
         }
-        // Every message anyone saw with a room seq between this session's first event
-        // and its last (or END, for survivors) was sent while it was in the room, so it
-        // must have it.
-        let Some(&(first, _, _)) = s.received.first() else {
-            continue;
-        };
-        let last_seq = s
-            .end_seq
-            .unwrap_or_else(|| s.received.last().map(|r| r.0).unwrap());
+        // Every event after its join and before its last (or END, for survivors) that
+        // is not about itself reached it: it was in the room, or away and resumed.
+        let until = s.end_seq.unwrap_or_else(|| s.last_seq());
         let got: BTreeSet<u64> = s.received.iter().map(|r| r.0).collect();
-        for ((from, n), seq) in &seq_of {
-            if *from != s.nick && *seq > first && *seq < last_seq {
+        for (seq, what) in events.range(s.joined_at + 1..until) {
+            if !about(what, &s.nick) {
                 assert!(
                     got.contains(seq),
-                    "{} missed {from} {n} (room seq {seq}) while in the room ({first}..{last_seq})",
-                    s.nick
+                    "{} missed {what:?} (room seq {seq}) while in the room ({}..{until})",
+                    s.nick,
+                    s.joined_at
                 );
                 checked += 1;
             }
@@ -1082,6 +1187,10 @@ fn e_churn_loses_nothing_and_the_registry_ends_exact() {
                 "abrupt drops",
                 totals.abrupt.load(Ordering::Relaxed).to_string(),
             ),
+            (
+                "cut and resumed",
+                totals.resumed.load(Ordering::Relaxed).to_string(),
+            ),
             ("SIGKILLed chat-clients", killed_procs.len().to_string()),
             (
                 "bytes sent",
@@ -1096,6 +1205,10 @@ fn e_churn_loses_nothing_and_the_registry_ends_exact() {
     );
     assert!(total_said > clients, "hardly anything was said");
     assert!(checked > 0);
+    assert!(
+        totals.resumed.load(Ordering::Relaxed) > 0,
+        "no session was cut and resumed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

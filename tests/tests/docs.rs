@@ -65,7 +65,7 @@ fn doc_flags_do_not_mix_with_a_run() {
 }
 
 /// The defaults in README's limits table are the binary's: the flood limit, send queue,
-/// handshake timeout, tick, connection limit and text limit (the behaviour at each limit
+/// handshake timeout, tick, connection limit, text limit, history and resume window (the behaviour at each limit
 /// is tested in hostile.rs, liveness.rs and chaos.rs with smaller values).
 #[test]
 fn the_limits_tables_defaults_are_the_servers() {

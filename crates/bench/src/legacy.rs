@@ -22,8 +22,6 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::wire::{self, HEADER_LEN};
-
 /// The protocol version this module speaks.
 pub const VERSION: u8 = 1;
 
@@ -114,16 +112,11 @@ pub enum LegacyError {
     Unexpected,
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ wire::MAX_FRAME_LEN }>()
-}
-
+/// One whole frame for `message`, through the protocol crate's codec (the one place
+/// that encodes; version 1 used the same framing and encoding).
 fn frame(message: &Message) -> Vec<u8> {
-    let mut out = vec![0; HEADER_LEN];
-    // Encoding a handshake message into a Vec cannot fail: it is small and serde-derived.
-    let len = bincode::serde::encode_into_std_write(message, &mut out, config()).unwrap_or(0);
-    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-    out
+    // Encoding a small serde-derived handshake message cannot fail.
+    protocol::codec::encode_frame(message).map_or_else(|_| Vec::new(), |frame| frame.to_vec())
 }
 
 fn transcript_mac(label: &[u8], cookie: &[u8], parts: [&[u8]; 4]) -> HmacSha256 {
@@ -181,12 +174,8 @@ impl ClientHandshake {
 
     /// Feeds the payload of the next frame from the server.
     pub fn on_frame(&mut self, payload: &[u8]) -> Result<Step, LegacyError> {
-        let (message, used): (Message, usize) =
-            bincode::serde::decode_from_slice(payload, config())
-                .map_err(|_| LegacyError::Unexpected)?;
-        if used != payload.len() {
-            return Err(LegacyError::Unexpected);
-        }
+        let message: Message =
+            protocol::codec::decode(payload).map_err(|_| LegacyError::Unexpected)?;
         match (self.server_nonce, message) {
             (_, Message::Refused { reason }) => Err(LegacyError::Refused(reason)),
             (None, Message::Challenge { name, nonce }) => {
@@ -230,6 +219,7 @@ impl ClientHandshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::HEADER_LEN;
 
     // A version 1 exchange recorded from the `protocol` crate's own client and server
     // (client nonce 01.., server nonce 02.., cookie `chocolate-chip`, tick 15 s), so this

@@ -21,6 +21,7 @@ mod probe;
 mod procfs;
 mod relay;
 mod report;
+mod resume;
 mod run;
 mod session;
 mod stats;
@@ -159,6 +160,10 @@ enum Mode {
     Idle(IdleArgs),
     /// Joins per second (connect + handshake + join, broadcast to the room).
     Join(JoinArgs),
+    /// A mass resume: K clients joined, every link cut at once without a word, messages
+    /// said meanwhile, every client resuming at once; time until all resumed, peak RSS.
+    /// Against this tree's server only.
+    Resume(ResumeArgs),
     /// The whole matrix: fan-out N=100/1000 with S=N and S=1, pinned fan-out, open loop
     /// at N=100, joins at K=1000/10000 (10 in flight), idle at K=10000 (100 joins in
     /// flight); against every target by default. --quick for a short version.
@@ -191,6 +196,16 @@ struct FanoutArgs {
     /// Pin the target to one CPU and the generator to the others.
     #[arg(long)]
     pin: bool,
+}
+
+#[derive(Args)]
+struct ResumeArgs {
+    /// Clients cut and resuming (a comma-separated list runs each).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    clients: Vec<usize>,
+    /// Messages said while they are away; each client must get each once, in order.
+    #[arg(long, default_value_t = 20)]
+    said: usize,
 }
 
 #[derive(Args)]
@@ -401,6 +416,14 @@ fn plan(mode: &Mode) -> Result<Vec<Workload>> {
             clients: a.clients,
             in_flight: a.in_flight,
         }],
+        Mode::Resume(a) => a
+            .clients
+            .iter()
+            .map(|&clients| Workload::Resume {
+                clients,
+                said: a.said,
+            })
+            .collect(),
         Mode::Suite(a) => {
             let pick = |given: &Option<Vec<usize>>, full: &[usize], quick: &[usize]| {
                 given
@@ -485,6 +508,8 @@ async fn run(cli: Cli) -> Result<bool> {
     };
     let baseline = t.baseline_server.is_some();
     let targets = match choice {
+        // Resuming needs sessions: only this tree's server has them.
+        _ if matches!(cli.command, Mode::Resume(_)) => vec![TargetKind::Server],
         TargetChoice::Server if baseline => vec![TargetKind::Server, TargetKind::Baseline],
         TargetChoice::Server => vec![TargetKind::Server],
         TargetChoice::Relay => vec![TargetKind::Relay],

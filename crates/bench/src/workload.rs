@@ -97,6 +97,13 @@ pub enum Workload {
         /// Joins in progress at once.
         in_flight: usize,
     },
+    /// A mass resume: every link cut at once, then every client resuming.
+    Resume {
+        /// Clients cut and resuming.
+        clients: usize,
+        /// Messages said while they are away.
+        said: usize,
+    },
 }
 
 impl Workload {
@@ -107,6 +114,7 @@ impl Workload {
             Self::OpenLoop(_) => "openloop",
             Self::Idle { .. } => "idle",
             Self::Join { .. } => "join",
+            Self::Resume { .. } => "resume",
         }
     }
 
@@ -115,7 +123,9 @@ impl Workload {
         match self {
             Self::Fanout(p) => p.clients,
             Self::OpenLoop(p) => p.clients,
-            Self::Idle { clients, .. } | Self::Join { clients, .. } => *clients,
+            Self::Idle { clients, .. }
+            | Self::Join { clients, .. }
+            | Self::Resume { clients, .. } => *clients,
         }
     }
 
@@ -156,6 +166,9 @@ impl Workload {
             Self::Join { clients, in_flight } => {
                 join(*clients, *in_flight, target, threads, row).await
             }
+            Self::Resume { clients, said } => {
+                crate::resume::run(*clients, *said, target, row).await
+            }
         }
     }
 
@@ -165,6 +178,7 @@ impl Workload {
             Self::Fanout(_) | Self::OpenLoop(_) => "deliveries/s",
             Self::Idle { .. } => "B/conn",
             Self::Join { .. } => "joins/s",
+            Self::Resume { .. } => "resumes/s",
         }
     }
 
@@ -199,6 +213,10 @@ impl Workload {
             | Self::Join { clients, in_flight } => {
                 row.param("K", *clients);
                 row.param("in_flight", *in_flight);
+            }
+            Self::Resume { clients, said } => {
+                row.param("K", *clients);
+                row.param("said", *said);
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! chat-client [--server alive@host[:PORT]] [--nick NICK] [--name N | --sname N]
-//!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps] [--erlang]
+//!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps]
+//!             [--backlog N] [--erlang]
 //! ```
 //!
 //! The server defaults to `server@<short hostname>`, the nick to `$USER`, and the client's
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use chat_node::cookie::{self, CookieError, CookieSource};
 use clap::Parser;
+use protocol::limits::MAX_BACKLOG;
 use protocol::name::short_hostname;
 use protocol::{Cookie, NodeName, NodeNameError};
 
@@ -71,6 +73,10 @@ pub struct Args {
     /// node that is not a chat-server is recognised by itself.
     #[arg(long)]
     pub erlang: bool,
+    /// Show the room's last N messages on joining, marked "[earlier]"; 0 for none.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_BACKLOG)))]
+    pub backlog: u16,
 
     /// Print the shell completion script for SHELL and exit.
     #[arg(long, value_name = "SHELL", exclusive = true)]
@@ -120,6 +126,8 @@ pub struct Config {
     pub reconnect: bool,
     /// Whether to prefix lines from the server with the local time (`--timestamps`).
     pub timestamps: bool,
+    /// How many of the room's last messages to show on joining (`--backlog`).
+    pub backlog: u16,
 }
 
 /// Why the flags do not add up to a [`Config`].
@@ -171,6 +179,7 @@ impl Args {
             cookie_source,
             reconnect: !self.no_reconnect,
             timestamps: self.timestamps,
+            backlog: self.backlog,
         })
     }
 
@@ -260,6 +269,15 @@ mod tests {
         assert_eq!(config.own.to_string(), "me@127.0.0.1");
         assert_eq!(config.cookie_source, CookieSource::Flag);
         assert!(!config.reconnect);
+    }
+
+    #[test]
+    fn backlog_defaults_to_ten_and_is_bounded() {
+        assert_eq!(args(&[]).unwrap().resolve(&env()).unwrap().backlog, 10);
+        let config = args(&["--backlog", "0"]).unwrap().resolve(&env()).unwrap();
+        assert_eq!(config.backlog, 0);
+        assert!(args(&["--backlog", "101"]).is_err());
+        assert!(args(&["--backlog", "-1"]).is_err());
     }
 
     #[test]

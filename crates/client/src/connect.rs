@@ -257,7 +257,7 @@ pub async fn connect(
 }
 
 /// Asks the port mapper on the server's host for the server's registration.
-async fn lookup_node(
+pub(crate) async fn lookup_node(
     name: &NodeName,
     mapper_port: u16,
 ) -> Result<protocol::epmd::NodeRegistration, ConnectError> {

@@ -14,6 +14,10 @@
 //! - [`session`]: the running session: what the REPL calls; it sends through a connection's
 //!   message handler and writer (`link`), swapped underneath when reconnecting.
 //! - [`reconnect`]: after losing the server, reconnect with backoff and rejoin.
+//! - `shared`: what the session, its links and the reconnect task share (re-exported
+//!   from [`session`]); `position` (where the session stands in the room's history),
+//!   `sends` (says waiting for their acknowledgement) and `pacing` (the send schedule
+//!   within the server's flood limit) are its parts.
 //! - [`plain`]: the plain line-by-line REPL over standard input.
 //! - [`terminal`]: the line-editor REPL for a terminal (rustyline, external printer).
 //! - [`frontend`]: picks one of the two.
@@ -28,10 +32,14 @@ pub mod connect;
 pub mod erlang;
 pub mod frontend;
 mod link;
+mod pacing;
 pub mod plain;
+mod position;
 pub mod reconnect;
 pub mod render;
+mod sends;
 pub mod session;
+mod shared;
 pub mod style;
 pub mod terminal;
 pub mod transport;

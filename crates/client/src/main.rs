@@ -2,10 +2,14 @@
 //!
 //! Start-up follows the original client: resolve the server, connect, handshake, start
 //! the message handler, join, print the banner, then read lines. Exit status: 0 after
-//! `/quit` or the end of input, 1 when the server cannot be reached, refuses the join at
-//! start-up, or is lost with `--no-reconnect` (otherwise the session reconnects by itself,
-//! see [`chat_client::reconnect`]). User output goes to standard output; diagnostics go through
-//! `tracing` to standard error (level `warn` unless `RUST_LOG` says otherwise).
+//! `/quit` or the end of input when everything said reached the room; 1 when the server
+//! cannot be reached, refuses the join at start-up, is lost with `--no-reconnect` (or for
+//! good: see [`chat_client::reconnect`]), or when some message did not reach the room
+//! (refused by the flood limit, never acknowledged, never sent), which is told on
+//! standard error. User output goes to standard output; diagnostics go through `tracing`
+//! to standard error (level `warn` unless `RUST_LOG` says otherwise).
+
+use std::io::IsTerminal;
 
 use anyhow::Context as _;
 use chat_client::cli::{Args, Environment};
@@ -95,6 +99,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         Session::start(connection, &config.server.name, config.nick, front.output())
     };
+    session.set_backlog(config.backlog);
+    // Lines from a pipe wait for room rather than being refused while disconnected.
+    session.set_patient(!std::io::stdin().is_terminal());
     let mut lost = session.lost_signal();
 
     match session.join().await {
@@ -107,8 +114,8 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         }
         // Lost before the answer: the session has said so and joins again once back.
         Ok(JoinOutcome::Disconnected) => {}
-        Err(SessionError::Lost(why)) => {
-            eprintln!("{}", render::connection_lost(&server, &why));
+        Err(end) => {
+            report_end(&server, &end);
             return Ok(FAILURE);
         }
     }
@@ -116,7 +123,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     /// How the REPL ended.
     enum End {
         Done(Result<(), SessionError>),
-        Lost(String),
+        Lost(SessionError),
         Interrupted,
     }
     let end = tokio::select! {
@@ -130,17 +137,30 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let result = match end {
         End::Done(result) => result,
-        End::Lost(why) => Err(SessionError::Lost(why)),
+        End::Lost(end) => Err(end),
         End::Interrupted => {
             front.end_prompt();
             session.quit().await
         }
     };
-    match result {
-        Ok(()) => Ok(0),
-        Err(SessionError::Lost(why)) => {
-            eprintln!("{}", render::connection_lost(&server, &why));
-            Ok(FAILURE)
+    let mut code = match result {
+        Ok(()) => 0,
+        Err(end) => {
+            report_end(&server, &end);
+            FAILURE
         }
+    };
+    if let Some(line) = render::undelivered(&session.undelivered()) {
+        eprintln!("{line}");
+        code = FAILURE;
+    }
+    Ok(code)
+}
+
+/// Tells on standard error why the session ended against the user's will.
+fn report_end(server: &str, end: &SessionError) {
+    match end {
+        SessionError::Lost(why) => eprintln!("{}", render::connection_lost(server, why)),
+        SessionError::Unreachable(why) => eprintln!("{}", render::connect_failed(server, why)),
     }
 }

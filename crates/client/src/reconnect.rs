@@ -4,29 +4,42 @@
 //! A reconnecting [`Session`](crate::session::Session) runs the reconnect task beside its
 //! current link. When the link is lost, the task stops what is left of it, prints
 //! `Connection to <server> lost: <why>; reconnecting...`, and tries again with
-//! exponential backoff ([`ReconnectPolicy`]: 1 s doubling to 30 s, +-20% jitter). Every
+//! exponential backoff ([`ReconnectPolicy`]: 1 s doubling to 10 s, +-20% jitter). Every
 //! attempt goes through [`connect::connect`], so the name is resolved through the port
-//! mapper again and the handshake is redone. Once connected it prints
-//! `* Reconnected to <server> *`, queues a join with the same nick if the user was in
-//! the room, and hands the new link to the front end. The join's answer (the banner, or
-//! the refusal) is printed by the new link's message handler like any other.
+//! mapper again and the handshake is redone. While it waits, it asks the port mapper
+//! (once a second) whether the server's name is registered again after having been gone,
+//! and then tries at once. A failed attempt's reason is printed once with the wait before
+//! the next (`Could not reconnect to <server>: <why>; retrying in N s`); later failures
+//! for the same reason print only a changed wait.
 //!
-//! The task runs until the session quits or is dropped, which abort it: it never gives
-//! up on its own.
+//! Once connected it prints `* Reconnected to <server> *` and, if the user was in the
+//! room, queues a resume of the session (or a join with the same nick when there is no
+//! session to resume), then hands the new link to the front end. The answer (back in the
+//! room with what was missed, a fresh join, or a refusal) is handled and printed by the
+//! new link's message handler.
+//!
+//! The task runs until the session quits or is dropped, which abort it, or until
+//! reconnecting cannot work: a reason that will not go away by itself (the cookie, a
+//! different node answering), or a server that disconnected us for flooding. Then it
+//! ends the session with that reason.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use protocol::{ClientMessage, Cookie, NodeName};
+use protocol::secure::RefuseReason;
+use protocol::{Cookie, HandshakeError, LeaveReason, NodeName};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
 use tracing::debug;
 
-use crate::connect::{self, Connection, ServerTarget};
+use crate::connect::{self, ConnectError, Connection, ServerTarget};
 use crate::link::{self, Context, Link, LinkWatch};
 use crate::render;
-use crate::session::Shared;
+use crate::session::SessionError;
+
+/// Longest a port-mapper look-up made while waiting may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long to wait between reconnection attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,15 +52,19 @@ pub struct ReconnectPolicy {
     /// Each wait is multiplied by a random factor in `1 - jitter ..= 1 + jitter`, so
     /// that clients dropped together do not all come back at the same moment.
     pub jitter: f64,
+    /// While waiting, how often to ask the port mapper whether the server is back
+    /// (when the server is found through it); `Duration::ZERO` never asks.
+    pub lookup_every: Duration,
 }
 
 impl Default for ReconnectPolicy {
-    /// 1 s doubling to 30 s, with +-20% jitter.
+    /// 1 s doubling to 10 s, with +-20% jitter; the port mapper asked every second.
     fn default() -> Self {
         Self {
             initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(10),
             jitter: 0.2,
+            lookup_every: Duration::from_secs(1),
         }
     }
 }
@@ -62,7 +79,11 @@ impl ReconnectPolicy {
 
     /// The wait before attempt number `attempt`, with jitter drawn from `rng`.
     pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let base = self.base_delay(attempt);
+        self.jittered(self.base_delay(attempt), rng)
+    }
+
+    /// `base` multiplied by a random factor within the jitter.
+    fn jittered(&self, base: Duration, rng: &mut impl Rng) -> Duration {
         let jitter = self.jitter.min(1.0);
         if jitter.is_nan() || jitter <= 0.0 {
             return base;
@@ -85,42 +106,81 @@ pub struct Redial {
     pub policy: ReconnectPolicy,
 }
 
+/// Whether a failed attempt's reason will not go away by retrying: the cookie is wrong,
+/// or the node that answers is not the one asked for (or cannot talk to us).
+pub fn is_lasting(error: &ConnectError) -> bool {
+    match error {
+        ConnectError::NotAllowed => true,
+        ConnectError::Handshake(e) => matches!(
+            e,
+            HandshakeError::WrongServer { .. }
+                | HandshakeError::Refused(
+                    RefuseReason::WrongNode { .. }
+                        | RefuseReason::UnsupportedVersion { .. }
+                        | RefuseReason::BadName { .. }
+                )
+        ),
+        // An Erlang node that refuses our cookie, or is not the node asked for.
+        ConnectError::Erlang(e) => matches!(
+            e,
+            protocol::erlang::handshake::HandshakeError::NotAllowed
+                | protocol::erlang::handshake::HandshakeError::BadPeerDigest
+                | protocol::erlang::handshake::HandshakeError::WrongNode { .. }
+        ),
+        _ => false,
+    }
+}
+
 /// The reconnect task: watches the current link and replaces it when it is lost,
 /// handing every new link to the front end through `links`. Ends when the front end is
-/// gone.
+/// gone, or, announcing why on `ended`, when reconnecting cannot work.
 pub(crate) async fn supervise(
     redial: Redial,
-    nick: String,
     context: Context,
     mut current: LinkWatch,
     links: mpsc::UnboundedSender<Link>,
+    ended: watch::Sender<Option<SessionError>>,
 ) {
+    let shared = &context.shared;
     let mut attempt = 0;
     loop {
-        let why = current.lost().await;
+        let loss = current.lost().await;
         if current.uptime() >= redial.policy.max {
             attempt = 0;
         }
         current.stop().await;
-        let rejoin = leave_room(&context.shared);
-        context
-            .output
-            .line(&render::connection_lost_reconnecting(&context.server, &why));
+        // Out of the room until the server says otherwise; whether the user wants to be
+        // in it is kept, so that lines typed meanwhile are queued and the room resumed.
+        shared.joined.store(false, Ordering::SeqCst);
+        shared.members.replace(&[]);
+        shared.sends.touch();
+        if loss.closing == Some(LeaveReason::Flooding) {
+            // Coming back would only flood again.
+            let _ = ended.send(Some(SessionError::Lost(loss.why)));
+            return;
+        }
+        context.output.line(&render::connection_lost_reconnecting(
+            &context.server,
+            &loss.why,
+        ));
 
-        let connection = connect_with_backoff(&redial, &mut attempt).await;
+        let connection = match connect_with_backoff(&redial, &context, &mut attempt).await {
+            Ok(connection) => connection,
+            Err(lasting) => {
+                let _ = ended.send(Some(SessionError::Unreachable(lasting.to_string())));
+                return;
+            }
+        };
         context.output.line(&render::reconnected(&context.server));
         let (link, watch) = link::start(connection, &context);
-        if rejoin {
-            // Queued before the front end gets the link, so the join goes first.
-            if link
-                .try_send(ClientMessage::Join {
-                    nick: nick.clone(),
-                    backlog: 0,
-                })
-                .is_ok()
-            {
-                context.shared.wants_room.store(true, Ordering::SeqCst);
-            } else {
+        if shared.wants_room.load(Ordering::SeqCst) {
+            let resume = shared.position().resume_message();
+            let call = resume.unwrap_or_else(|| {
+                shared.auto_join.store(true, Ordering::SeqCst);
+                shared.join_message()
+            });
+            // Queued before the front end gets the link, so it goes first.
+            if link.try_send(call).is_err() {
                 debug!("the new connection closed before the rejoin was queued");
             }
         }
@@ -128,32 +188,109 @@ pub(crate) async fn supervise(
             debug!("the session is gone; no more reconnecting");
             return;
         }
+        shared.sends.touch();
         current = watch;
     }
 }
 
-/// Records that the connection, and with it the room, is gone; returns whether the user
-/// was in the room (or on the way in), i.e. whether to rejoin.
-fn leave_room(shared: &Arc<Shared>) -> bool {
-    shared.joined.store(false, Ordering::SeqCst);
-    shared.members.replace(&[]);
-    shared.wants_room.swap(false, Ordering::SeqCst)
-}
-
-/// Tries to connect until it works, waiting longer after every failure. `attempt`
-/// counts the attempts of this round.
-async fn connect_with_backoff(redial: &Redial, attempt: &mut u32) -> Connection {
+/// Tries to connect until it works, waiting longer after every failure; gives up on a
+/// lasting reason ([`is_lasting`]). `attempt` counts the attempts of this round.
+async fn connect_with_backoff(
+    redial: &Redial,
+    context: &Context,
+    attempt: &mut u32,
+) -> Result<Connection, ConnectError> {
+    let mut watcher = Watcher::new(redial);
+    let mut told: Option<(String, u64)> = None;
+    let mut delay = redial.policy.delay(*attempt, &mut rand::rng());
     loop {
-        let delay = redial.policy.delay(*attempt, &mut rand::rng());
         debug!(attempt = *attempt, ?delay, "waiting before reconnecting");
-        tokio::time::sleep(delay).await;
+        watcher.wait(Instant::now() + delay).await;
         *attempt = attempt.saturating_add(1);
-        match connect::connect(&redial.target, &redial.own, redial.cookie.clone()).await {
+        let error = match connect::connect(&redial.target, &redial.own, redial.cookie.clone()).await
+        {
             Ok(connection) => {
                 debug!(attempt = *attempt, "reconnected");
-                return connection;
+                return Ok(connection);
             }
-            Err(e) => debug!(attempt = *attempt, error = %e, "reconnecting failed"),
+            Err(e) if is_lasting(&e) => return Err(e),
+            Err(e) => e,
+        };
+        debug!(attempt = *attempt, %error, "reconnecting failed");
+        watcher.failed(&error);
+        delay = redial.policy.delay(*attempt, &mut rand::rng());
+        let why = error.to_string();
+        let seconds = delay.as_secs_f64().round() as u64;
+        let line = match &told {
+            Some((told_why, _)) if *told_why == why => (told.as_ref().map(|t| t.1)
+                != Some(seconds))
+            .then(|| render::retrying(&context.server, delay)),
+            _ => Some(render::reconnect_failed(&context.server, &why, delay)),
+        };
+        if let Some(line) = line {
+            context.output.line(&line);
+            told = Some((why, seconds));
+        }
+    }
+}
+
+/// Watches the port mapper while waiting to reconnect, to try at once when the
+/// server's name shows up again after it was gone.
+struct Watcher<'a> {
+    redial: &'a Redial,
+    /// The mapper said the name was not registered (or did not answer) since the last
+    /// attempt.
+    gone: bool,
+}
+
+impl<'a> Watcher<'a> {
+    fn new(redial: &'a Redial) -> Self {
+        Self {
+            redial,
+            gone: false,
+        }
+    }
+
+    /// Notes what a failed attempt says about the name's registration.
+    fn failed(&mut self, error: &ConnectError) {
+        if matches!(
+            error,
+            ConnectError::NoSuchNode { .. } | ConnectError::NoPortMapper { .. }
+        ) {
+            self.gone = true;
+        }
+    }
+
+    /// Waits until `deadline`, or less when the name, once gone, is registered again.
+    /// One look-up at a time, at most one per `lookup_every` (jittered).
+    async fn wait(&mut self, deadline: Instant) {
+        let policy = &self.redial.policy;
+        if self.redial.target.port.is_some() || policy.lookup_every.is_zero() {
+            sleep_until(deadline).await;
+            return;
+        }
+        loop {
+            let next = Instant::now() + policy.jittered(policy.lookup_every, &mut rand::rng());
+            if next >= deadline {
+                sleep_until(deadline).await;
+                return;
+            }
+            sleep_until(next).await;
+            let name = &self.redial.target.name;
+            let found = timeout(
+                LOOKUP_TIMEOUT,
+                connect::lookup_node(name, portmap::mapper_port_from_env()),
+            )
+            .await;
+            match found {
+                Ok(Ok(_)) if self.gone => {
+                    debug!("the server's name is registered again; reconnecting now");
+                    self.gone = false;
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => self.gone = true,
+            }
         }
     }
 }
@@ -168,8 +305,8 @@ mod tests {
     fn delays_double_up_to_the_maximum() {
         let policy = ReconnectPolicy::default();
         let delays: Vec<u64> = (0..7).map(|n| policy.base_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(policy.base_delay(u32::MAX), 30 * SEC);
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10, 10]);
+        assert_eq!(policy.base_delay(u32::MAX), 10 * SEC);
     }
 
     #[test]
@@ -184,7 +321,7 @@ mod tests {
             seen_low |= d < SEC.mul_f64(0.95);
             seen_high |= d > SEC.mul_f64(1.05);
             let d = policy.delay(10, &mut rng);
-            assert!(d >= 24 * SEC && d <= 36 * SEC, "{d:?}");
+            assert!(d >= 8 * SEC && d <= 12 * SEC, "{d:?}");
         }
         assert!(seen_low && seen_high, "the jitter is not spread");
     }
@@ -203,6 +340,7 @@ mod tests {
             initial: Duration::MAX,
             max: Duration::MAX,
             jitter: 0.2,
+            lookup_every: Duration::ZERO,
         };
         assert!(policy.delay(3, &mut rng) > SEC);
     }

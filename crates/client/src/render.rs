@@ -10,8 +10,11 @@
 //! terminal even if a server does not.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
-use protocol::{EventKind, LeaveReason, Reply};
+use protocol::{EventKind, LeaveReason, Reply, ResumeFailure};
+
+use crate::sends::Undelivered;
 
 /// The nick the server speaks as in its own messages.
 const SERVER: &str = "server";
@@ -265,6 +268,156 @@ fn user_list(users: &[String], more: u32) -> String {
     }
 }
 
+/// `n message` or `n messages`.
+fn messages(n: impl Into<u64>) -> String {
+    match n.into() {
+        1 => "1 message".to_string(),
+        n => format!("{n} messages"),
+    }
+}
+
+/// A backlog line (an event from before the join), marked as earlier than the join.
+pub fn earlier(line: &str) -> String {
+    format!("[earlier] {line}")
+}
+
+/// The lines that say a session was resumed: back in the room, how many events fell out
+/// of the server's history (`lost`), and how many missed ones follow (`missed`).
+pub fn resumed(lost: u64, missed: u32) -> Vec<String> {
+    let mut lines = vec!["* Back in the chatroom *".to_string()];
+    if lost > 0 {
+        let noun = if lost == 1 {
+            "message is"
+        } else {
+            "messages are"
+        };
+        lines.push(format!("* {lost} earlier {noun} no longer available *"));
+    }
+    if missed > 0 {
+        lines.push(format!("* {} while you were away *", messages(missed)));
+    }
+    lines
+}
+
+/// The line for a resume the server refused, for the session of `nick`; `None` when
+/// there is nothing to tell.
+pub fn resume_failed(reason: ResumeFailure, nick: &str) -> Option<String> {
+    match reason {
+        ResumeFailure::EpochChanged => Some(
+            "* server restarted; what was said while it was down is not available *".to_string(),
+        ),
+        ResumeFailure::UnknownSession => Some(
+            "* the server no longer knows this session; joining again (what was said meanwhile is not available) *"
+                .to_string(),
+        ),
+        ResumeFailure::NickInUse => Some(format!(
+            "* the nick {} was taken while you were away *",
+            sanitize(nick)
+        )),
+        ResumeFailure::AlreadyJoined => None,
+    }
+}
+
+/// Where the user stands after a reconnect that could not get back into the room.
+pub fn not_in_room_after_reconnect() -> String {
+    "You are not in the chatroom; use /join to try again".to_string()
+}
+
+/// The line for a message typed while reconnecting: queued, `waiting` in all.
+pub fn pending(server: &str, waiting: usize) -> String {
+    format!("Not connected to {server} (reconnecting); will be sent once back ({waiting} pending)")
+}
+
+/// The line for a message typed while reconnecting when `limit` already wait.
+pub fn queue_full(server: &str, limit: usize) -> String {
+    format!(
+        "Not connected to {server} (reconnecting); not sent: {} are waiting already",
+        messages(u64::try_from(limit).unwrap_or(u64::MAX))
+    )
+}
+
+/// The line saying that the `n` messages typed while disconnected went out.
+pub fn pending_sent(n: u32) -> String {
+    format!("* {} typed while away sent *", messages(n))
+}
+
+/// The line for messages sent just before a connection was lost that a fresh session
+/// cannot send again without risking repeating them.
+pub fn given_up(n: u32) -> String {
+    format!(
+        "* {} sent just before the connection was lost may not have reached the room *",
+        messages(n)
+    )
+}
+
+/// The line for messages dropped because the client is no longer in the room.
+pub fn dropped_not_in_room(n: u32) -> String {
+    format!(
+        "{} waiting to be sent were dropped: you are not in the chatroom",
+        messages(n)
+    )
+}
+
+/// Why the server closed the connection, for the connection-lost line.
+pub fn closed_by_server(reason: LeaveReason) -> String {
+    match reason {
+        LeaveReason::Flooding => {
+            "the server disconnected this client for sending too fast (excess flood)".to_string()
+        }
+        other => other.describe().to_string(),
+    }
+}
+
+/// The line for a failed reconnection attempt (printed once per distinct reason).
+pub fn reconnect_failed(server: &str, why: &str, wait: Duration) -> String {
+    format!(
+        "Could not reconnect to {server}: {why}; retrying in {} s",
+        whole_seconds(wait)
+    )
+}
+
+/// The line for another failed attempt for the same reason, when the wait changes.
+pub fn retrying(server: &str, wait: Duration) -> String {
+    format!(
+        "Still no connection to {server}; retrying in {} s",
+        whole_seconds(wait)
+    )
+}
+
+fn whole_seconds(wait: Duration) -> u64 {
+    // Rounded, and never "0 s" for a wait that is not over yet.
+    (wait.as_secs_f64().round() as u64).max(1)
+}
+
+/// The standard-error line at exit when some messages did not reach the room; `None`
+/// when all did.
+pub fn undelivered(report: &Undelivered) -> Option<String> {
+    if report.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if report.flood > 0 {
+        parts.push(format!(
+            "{} dropped by the server's flood limit",
+            report.flood
+        ));
+    }
+    if report.unacknowledged > 0 {
+        parts.push(format!(
+            "{} never acknowledged by the server (they may have arrived)",
+            report.unacknowledged
+        ));
+    }
+    if report.not_sent > 0 {
+        parts.push(format!("{} never sent", report.not_sent));
+    }
+    Some(format!(
+        "{} of yours did not reach the room: {}",
+        messages(report.total()),
+        parts.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,6 +652,89 @@ mod tests {
         assert_eq!(
             not_connected(S),
             "Not connected to server@host (reconnecting); not sent"
+        );
+    }
+}
+
+/// The lines of sessions, resumes, acknowledged sends and reconnect attempts.
+#[cfg(test)]
+mod session_line_tests {
+    use super::*;
+
+    const S: &str = "server@host";
+
+    #[test]
+    fn resume_lines() {
+        assert_eq!(resumed(0, 0), ["* Back in the chatroom *"]);
+        assert_eq!(
+            resumed(15, 5),
+            [
+                "* Back in the chatroom *",
+                "* 15 earlier messages are no longer available *",
+                "* 5 messages while you were away *"
+            ]
+        );
+        assert_eq!(
+            resumed(1, 1)[1],
+            "* 1 earlier message is no longer available *"
+        );
+        assert_eq!(resumed(0, 1)[1], "* 1 message while you were away *");
+        assert_eq!(
+            resume_failed(ResumeFailure::EpochChanged, "ann").unwrap(),
+            "* server restarted; what was said while it was down is not available *"
+        );
+        assert_eq!(
+            resume_failed(ResumeFailure::NickInUse, "ann").unwrap(),
+            "* the nick ann was taken while you were away *"
+        );
+        assert_eq!(resume_failed(ResumeFailure::AlreadyJoined, "ann"), None);
+        assert_eq!(
+            earlier("server@host> ann: hi"),
+            "[earlier] server@host> ann: hi"
+        );
+    }
+
+    #[test]
+    fn pending_and_undelivered_lines() {
+        assert_eq!(
+            pending(S, 3),
+            "Not connected to server@host (reconnecting); will be sent once back (3 pending)"
+        );
+        assert_eq!(
+            queue_full(S, 100),
+            "Not connected to server@host (reconnecting); not sent: 100 messages are waiting already"
+        );
+        assert_eq!(pending_sent(1), "* 1 message typed while away sent *");
+        assert_eq!(undelivered(&Undelivered::default()), None);
+        assert_eq!(
+            undelivered(&Undelivered {
+                flood: 2,
+                unacknowledged: 1,
+                not_sent: 0
+            })
+            .unwrap(),
+            "3 messages of yours did not reach the room: 2 dropped by the server's flood limit, \
+             1 never acknowledged by the server (they may have arrived)"
+        );
+    }
+
+    #[test]
+    fn reconnect_attempt_lines() {
+        assert_eq!(
+            reconnect_failed(S, "connection refused", Duration::from_millis(1900)),
+            "Could not reconnect to server@host: connection refused; retrying in 2 s"
+        );
+        assert_eq!(
+            retrying(S, Duration::from_millis(200)),
+            "Still no connection to server@host; retrying in 1 s"
+        );
+        assert_eq!(
+            closed_by_server(LeaveReason::Flooding),
+            "the server disconnected this client for sending too fast (excess flood)"
+        );
+        assert_eq!(
+            closed_by_server(LeaveReason::ServerShutdown),
+            "server shutting down"
         );
     }
 }

@@ -6,91 +6,55 @@
 //! REPL drives: it turns [`Command`]s into messages, and waits for the answer to a join
 //! or a leave so that the join state it acts on is never stale.
 //!
+//! Says and private messages are not sent directly: each gets an id and waits in the
+//! session's queue until the server acknowledges it (the `sends` module); the current
+//! connection's writer sends them in order, paced within the server's flood limit. The
+//! queue is bounded: when it is full, a say waits for room (the REPL stops reading), so a
+//! pipe is read no faster than the room takes it. Leaving and quitting first wait,
+//! bounded, for everything queued to be acknowledged; what never was is counted
+//! ([`Session::undelivered`]).
+//!
 //! Without reconnecting ([`Session::start`]), losing the connection ends the session:
 //! calls return [`SessionError::Lost`] and the [`LostSignal`] fires. With reconnecting
 //! ([`Session::start_reconnecting`]), the reconnect task reports the loss through the
-//! [`Output`] and swaps a new connection in underneath; meanwhile every line that needs
-//! the server prints `Not connected to <server> (reconnecting); not sent`, and `/quit`
-//! returns at once. The front end does not know how lines are read: a plain reader and a
-//! line editor drive it alike through [`Session::handle_line`].
+//! [`Output`], swaps a new connection in underneath and resumes the session there (its
+//! nick, what it missed, its unacknowledged says). Meanwhile says and private messages
+//! are queued and shown as pending (on a terminal the queue refuses lines when full;
+//! with [`Session::set_patient`], for a pipe, it waits), other commands that need the
+//! server print `Not connected to <server> (reconnecting); not sent`, and `/quit` returns
+//! at once. The front end does not know how lines are read: a plain reader and a line
+//! editor drive it alike through [`Session::handle_line`].
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use protocol::limits::MAX_FRAME_LEN;
-use protocol::{ClientMessage, EventKind, NodeName};
+use protocol::{ClientMessage, NodeName};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, warn};
 
 use crate::command::{self, Command};
 use crate::connect::Connection;
-use crate::link::{self, Context, Link, Outcome, Waited};
+use crate::link::{self, Context, Link, Loss, Outcome, Waited};
 use crate::reconnect::{self, Redial};
-use crate::render::{self, LineKind};
-
-/// How long the front end waits for the answer to a join or a leave (and, on quit, for
-/// the socket to be flushed and closed).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::render;
+use crate::sends::Full;
+pub use crate::sends::{QUEUE_LIMIT, Undelivered};
+use crate::shared::Shared;
+pub use crate::shared::{CALL_TIMEOUT, Members, Output};
 
 /// Longest message text the client sends; the rest of the frame limit is left for the
 /// message's envelope. (The server's own text limit is usually much lower and is
 /// reported back as a reply.)
 pub const MAX_SEND_TEXT: usize = MAX_FRAME_LEN - 1024;
 
-/// Where the session's output lines go. The plain REPL prints them to standard output;
-/// a line editor prints them above the line being typed.
-pub trait Output: Send + Sync + 'static {
-    /// Shows one complete line (without its line terminator) to the user.
-    fn line(&self, line: &str);
-
-    /// Shows a line that came from the server; `kind` lets a terminal colour it or
-    /// timestamp it. By default it is shown like any other line.
-    fn incoming(&self, kind: LineKind, line: &str) {
-        let _ = kind;
-        self.line(line);
-    }
-}
-
-/// The nicks in the room as this client last heard them (from the join answer, `/users`
-/// answers and join/leave events); empty while not joined. Cheap to clone, so a line
-/// editor's completer can hold one.
-#[derive(Debug, Clone, Default)]
-pub struct Members(Arc<Mutex<BTreeSet<String>>>);
-
-impl Members {
-    /// The nicks, sorted.
-    pub fn snapshot(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        // Every update is a single insert, remove or replace: a poisoned set is still whole.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Replaces the whole list (a join answer, a `/users` answer, leaving).
-    pub(crate) fn replace(&self, users: &[String]) {
-        *self.lock() = users.iter().cloned().collect();
-    }
-
-    /// Follows one room event.
-    pub(crate) fn follow(&self, event: &EventKind) {
-        match event {
-            EventKind::Joined { nick } => {
-                self.lock().insert(nick.clone());
-            }
-            EventKind::Left { nick, .. } => {
-                self.lock().remove(nick);
-            }
-            EventKind::Message { .. } | EventKind::Private { .. } | EventKind::Notice { .. } => {}
-        }
-    }
-}
+/// How long leaving or quitting waits for a reconnecting session to come back with
+/// messages still queued (a patient session only): longer than the longest wait
+/// between two reconnection attempts.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(20);
 
 /// What the REPL should do after handling a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,40 +83,48 @@ pub enum JoinOutcome {
 /// Why a session ended against the user's will.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    /// The connection to the server broke; the text says why.
+    /// The connection to the server broke (or the server closed it); the text says why.
     #[error("{0}")]
     Lost(String),
+    /// Reconnecting failed for a reason that will not go away by itself (the cookie, a
+    /// different node answering); the text says why.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
-/// Resolves when the session has lost its server for good, with the reason. A
-/// reconnecting session never loses it for good. Cheap to clone, so a REPL can wait on it
-/// while it reads input.
+/// Resolves when the session has lost its server for good, with the reason. Cheap to
+/// clone, so a REPL can wait on it while it reads input.
 #[derive(Debug, Clone)]
-pub struct LostSignal(watch::Receiver<Option<String>>);
+pub struct LostSignal(Ending);
+
+/// Where the end of a session is announced.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// Without reconnecting: the one connection's loss.
+    Link(watch::Receiver<Option<Loss>>),
+    /// With reconnecting: the reconnect task gives up only for lasting reasons.
+    Reconnecting(watch::Receiver<Option<SessionError>>),
+}
 
 impl LostSignal {
-    /// Waits until the connection is lost for good and returns why.
-    pub async fn wait(&mut self) -> String {
-        match self.0.wait_for(Option::is_some).await {
-            Ok(why) => why.clone().unwrap_or_default(),
-            // Closed without a reason: the session was closed on purpose (or reconnects
-            // and never loses the server for good). Nothing to report, ever.
+    /// Waits until the server is lost for good and returns why.
+    pub async fn wait(&mut self) -> SessionError {
+        let ended = match &mut self.0 {
+            Ending::Link(lost) => lost.wait_for(Option::is_some).await.map(|loss| {
+                SessionError::Lost(loss.as_ref().map(|l| l.why.clone()).unwrap_or_default())
+            }),
+            Ending::Reconnecting(ended) => ended
+                .wait_for(Option::is_some)
+                .await
+                .map(|end| end.clone().unwrap_or(SessionError::Lost(String::new()))),
+        };
+        match ended {
+            Ok(why) => why,
+            // Closed without a reason: the session was closed on purpose. Nothing to
+            // report, ever.
             Err(_) => std::future::pending().await,
         }
     }
-}
-
-/// State shared by the front end, the message handlers and the reconnect task.
-pub(crate) struct Shared {
-    /// Whether the server last told us we are in the room.
-    pub(crate) joined: AtomicBool,
-    /// Whether the user wants to be in the room: set on asking to join (and on being
-    /// in), cleared on leaving or being refused. Decides whether a reconnect rejoins.
-    pub(crate) wants_room: AtomicBool,
-    /// Set while leaving to exit: the final `Left` prints nothing.
-    pub(crate) quitting: AtomicBool,
-    /// Who is in the room.
-    pub(crate) members: Members,
 }
 
 /// The reconnect task and what it hands over.
@@ -162,9 +134,24 @@ struct Reconnecting {
     task: JoinHandle<()>,
 }
 
+/// A say or a private message, before it has an id.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Say(String),
+    Private { to: String, text: String },
+}
+
+impl Outgoing {
+    fn into_message(self, id: u64) -> ClientMessage {
+        match self {
+            Self::Say(text) => ClientMessage::Say { id, text },
+            Self::Private { to, text } => ClientMessage::Private { id, to, text },
+        }
+    }
+}
+
 /// A connected session: the front end the REPL drives.
 pub struct Session {
-    nick: String,
     server: String,
     output: Arc<dyn Output>,
     shared: Arc<Shared>,
@@ -174,8 +161,11 @@ pub struct Session {
     reconnects: bool,
     /// The reconnect task; `None` without reconnecting and once quitting.
     reconnecting: Option<Reconnecting>,
-    /// Holds the lost reason once the server is lost for good.
-    lost: watch::Receiver<Option<String>>,
+    /// Where the end of the session is announced.
+    ending: Ending,
+    /// Wait for room in the queue (and, when leaving, for the server to come back)
+    /// rather than refusing lines typed while disconnected.
+    patient: bool,
 }
 
 impl Session {
@@ -188,60 +178,78 @@ impl Session {
         nick: String,
         output: Arc<dyn Output>,
     ) -> Self {
-        let context = new_context(server, output);
+        let context = new_context(server, nick, output);
         let (link, _watch) = link::start(connection, &context);
-        let lost = link.lost_receiver();
-        Self::new(nick, context, link, lost, None)
+        let ending = Ending::Link(link.lost_receiver());
+        Self::new(context, link, ending, None)
     }
 
     /// Like [`Session::start`], but a lost connection is reported and replaced: the
-    /// session reconnects as `redial` says (to `redial.target`) and rejoins with `nick`
-    /// if it was in the room. Must be called inside a tokio runtime.
+    /// session reconnects as `redial` says (to `redial.target`) and resumes (or, when the
+    /// server cannot resume it, joins again with `nick`) if it was in the room. Must be
+    /// called inside a tokio runtime.
     pub fn start_reconnecting(
         connection: Connection,
         nick: String,
         output: Arc<dyn Output>,
         redial: Redial,
     ) -> Self {
-        let context = new_context(&redial.target.name, output);
+        let context = new_context(&redial.target.name, nick, output);
         let (link, watch) = link::start(connection, &context);
         let (links_tx, links) = mpsc::unbounded_channel();
+        let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(reconnect::supervise(
             redial,
-            nick.clone(),
             context.clone(),
             watch,
             links_tx,
+            ended_tx,
         ));
-        // Never set: a reconnecting session does not lose its server for good.
-        let (_, lost) = watch::channel(None);
         let reconnecting = Reconnecting { links, task };
-        Self::new(nick, context, link, lost, Some(reconnecting))
+        Self::new(
+            context,
+            link,
+            Ending::Reconnecting(ended),
+            Some(reconnecting),
+        )
     }
 
     fn new(
-        nick: String,
         context: Context,
         link: Link,
-        lost: watch::Receiver<Option<String>>,
+        ending: Ending,
         reconnecting: Option<Reconnecting>,
     ) -> Self {
         Self {
-            nick,
             server: context.server,
             output: context.output,
             shared: context.shared,
             link: Some(link),
             reconnects: reconnecting.is_some(),
             reconnecting,
-            lost,
+            ending,
+            patient: false,
         }
     }
 
-    /// A signal that resolves when the server is lost for good (never, for a
-    /// reconnecting session).
+    /// Asks for the last `count` messages of the room with every join (`--backlog`;
+    /// 0, the default, for none). They are printed marked as earlier than the join.
+    pub fn set_backlog(&self, count: u16) {
+        self.shared.backlog.store(count, Ordering::SeqCst);
+    }
+
+    /// A patient session (for input from a pipe) waits for room in the queue of
+    /// unacknowledged messages instead of refusing a line typed while disconnected, and
+    /// when leaving waits (bounded) for a reconnecting session to come back and deliver
+    /// what is queued.
+    pub fn set_patient(&mut self, patient: bool) {
+        self.patient = patient;
+    }
+
+    /// A signal that resolves when the server is lost for good (for a reconnecting
+    /// session, only for reasons that will not go away by themselves).
     pub fn lost_signal(&self) -> LostSignal {
-        LostSignal(self.lost.clone())
+        LostSignal(self.ending.clone())
     }
 
     /// The nicks in the room, kept up to date by the message handler.
@@ -252,6 +260,13 @@ impl Session {
     /// Whether the server last told us we are in the room.
     pub fn is_joined(&self) -> bool {
         self.shared.joined.load(Ordering::SeqCst)
+    }
+
+    /// Says and private messages that did not reach the room: refused, or never
+    /// acknowledged or sent; what still waits counts as not reaching it, so this is the
+    /// answer once the session has ended.
+    pub fn undelivered(&self) -> Undelivered {
+        self.shared.sends.report()
     }
 
     /// Whether the session has a connection it believes alive; false while a
@@ -274,8 +289,9 @@ impl Session {
         }
     }
 
-    /// Carries out one command. While a reconnecting session is down, commands that
-    /// need the server print that they were not sent.
+    /// Carries out one command. While a reconnecting session is down, says and private
+    /// messages are queued; other commands that need the server print that they were
+    /// not sent.
     pub async fn execute(&mut self, command: Command) -> Result<Flow, SessionError> {
         match command {
             Command::Help => {
@@ -287,6 +303,8 @@ impl Session {
                 self.quit().await?;
                 return Ok(Flow::Quit);
             }
+            Command::Private { to, text } => self.private(to, text).await?,
+            Command::Say(text) => self.say(text).await?,
             _ if self.reconnects && !self.is_connected() => self.not_sent(),
             Command::Join => {
                 if self.join().await? == JoinOutcome::NoAnswer {
@@ -295,8 +313,6 @@ impl Session {
             }
             Command::Leave => self.leave().await?,
             Command::Users => self.users().await?,
-            Command::Private { to, text } => self.private(to, text).await?,
-            Command::Say(text) => self.say(text).await?,
         }
         Ok(Flow::Continue)
     }
@@ -308,11 +324,7 @@ impl Session {
         if let Some(link) = &mut self.link {
             link.drain_outcomes();
         }
-        let nick = self.nick.clone();
-        if !self
-            .send_now(ClientMessage::Join { nick, backlog: 0 })
-            .await?
-        {
+        if !self.send_now(self.shared.join_message()).await? {
             return Ok(JoinOutcome::Disconnected);
         }
         self.shared.wants_room.store(true, Ordering::SeqCst);
@@ -327,28 +339,29 @@ impl Session {
         })
     }
 
-    /// Leaves the room, staying connected, and waits for the confirmation.
+    /// Leaves the room, staying connected, and waits for the confirmation. What was
+    /// said before goes out first (waiting at most [`CALL_TIMEOUT`] without progress).
     pub async fn leave(&mut self) -> Result<(), SessionError> {
         if !self.is_joined() {
             self.output.line(&render::not_joined());
             return Ok(());
         }
+        self.drain().await;
         self.leave_and_wait().await
     }
 
-    /// Says `text` to the room.
+    /// Says `text` to the room (queued until acknowledged).
     pub async fn say(&mut self, text: String) -> Result<(), SessionError> {
         if self.check_length(&text) {
-            self.send(ClientMessage::Say { id: 0, text }).await?;
+            self.submit(Outgoing::Say(text)).await?;
         }
         Ok(())
     }
 
-    /// Says `text` to `to` alone.
+    /// Says `text` to `to` alone (queued until acknowledged).
     pub async fn private(&mut self, to: String, text: String) -> Result<(), SessionError> {
         if self.check_length(&text) {
-            self.send(ClientMessage::Private { id: 0, to, text })
-                .await?;
+            self.submit(Outgoing::Private { to, text }).await?;
         }
         Ok(())
     }
@@ -358,11 +371,13 @@ impl Session {
         self.send(ClientMessage::ListUsers).await.map(drop)
     }
 
-    /// Leaves the room if in it, waiting (at most [`CALL_TIMEOUT`]) for the confirmation,
-    /// so that every earlier reply has been printed; then closes the connection. A
-    /// reconnecting session stops reconnecting first, and returns at once when it is
-    /// not connected.
+    /// Waits (bounded) for what was said to be acknowledged, leaves the room if in it,
+    /// waiting (at most [`CALL_TIMEOUT`]) for the confirmation so that every earlier
+    /// reply has been printed; then closes the connection. A reconnecting session stops
+    /// reconnecting first, and returns at once when it is not connected (unless patient
+    /// with messages queued). What is still queued then is counted as undelivered.
     pub async fn quit(&mut self) -> Result<(), SessionError> {
+        self.drain().await;
         self.shared.quitting.store(true, Ordering::SeqCst);
         if let Some(reconnecting) = &self.reconnecting {
             reconnecting.task.abort();
@@ -376,6 +391,7 @@ impl Session {
         if let Some(mut link) = self.link.take() {
             link.close().await;
         }
+        self.shared.sends.abandon();
         Ok(())
     }
 
@@ -395,6 +411,113 @@ impl Session {
             );
         }
         Ok(())
+    }
+
+    /// Queues a say or a private message; waits for room in the queue when it is full,
+    /// unless disconnected and impatient (then the line is refused, and the user told).
+    async fn submit(&mut self, outgoing: Outgoing) -> Result<(), SessionError> {
+        let mut versions = self.shared.sends.subscribe();
+        loop {
+            versions.borrow_and_update();
+            let connected = self.is_connected();
+            if !connected && !self.reconnects {
+                return Err(self.lost_for_good().await);
+            }
+            if !self.shared.wants_room.load(Ordering::SeqCst) {
+                if connected {
+                    self.output.line(&render::not_joined());
+                } else {
+                    self.not_sent();
+                }
+                return Ok(());
+            }
+            let message = outgoing.clone();
+            match self
+                .shared
+                .sends
+                .push(|id| message.into_message(id), !connected)
+            {
+                Ok(waiting) => {
+                    if !connected {
+                        self.output.line(&render::pending(&self.server, waiting));
+                    }
+                    return Ok(());
+                }
+                Err(Full) if !connected && !self.patient => {
+                    self.shared.sends.refused_full();
+                    self.output
+                        .line(&render::queue_full(&self.server, QUEUE_LIMIT));
+                    return Ok(());
+                }
+                Err(Full) => {
+                    debug!("the send queue is full; waiting for acknowledgements");
+                    self.changed(&mut versions, None).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until everything queued has been acknowledged, giving up after
+    /// [`CALL_TIMEOUT`] without progress, at once when disconnected (a patient session
+    /// waits up to [`RECONNECT_PATIENCE`] for the connection to come back), and when
+    /// the user is not in the room (nothing queued can go out then).
+    async fn drain(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let sends = &shared.sends;
+        let mut versions = sends.subscribe();
+        let mut waiting = sends.len();
+        let mut deadline = Instant::now() + CALL_TIMEOUT;
+        let mut was_connected = true;
+        loop {
+            versions.borrow_and_update();
+            let now_waiting = sends.len();
+            if sends.is_empty() || !self.shared.wants_room.load(Ordering::SeqCst) {
+                return;
+            }
+            if now_waiting < waiting {
+                waiting = now_waiting;
+                deadline = deadline.max(Instant::now() + CALL_TIMEOUT);
+            }
+            let connected = self.is_connected();
+            if !connected {
+                if !(self.reconnects && self.patient) {
+                    return;
+                }
+                if was_connected {
+                    deadline = deadline.max(Instant::now() + RECONNECT_PATIENCE);
+                }
+            }
+            was_connected = connected;
+            if Instant::now() >= deadline {
+                debug!(waiting, "giving up waiting for acknowledgements");
+                return;
+            }
+            self.changed(&mut versions, Some(deadline)).await;
+        }
+    }
+
+    /// Waits until the queue changes, the connection is lost, or `deadline` passes.
+    async fn changed(&self, versions: &mut watch::Receiver<u64>, deadline: Option<Instant>) {
+        let mut lost = self.link.as_ref().map(Link::lost_receiver);
+        let link_lost = async {
+            match &mut lost {
+                Some(lost) => {
+                    let _ = lost.wait_for(Option::is_some).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(deadline) => sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = versions.changed() => {}
+            () = link_lost => {}
+            () = timer => {}
+        }
     }
 
     /// Refuses (with a message to the user) a text too long to fit in a frame.
@@ -452,6 +575,14 @@ impl Session {
         }
     }
 
+    /// Why a session that does not reconnect has no connection.
+    async fn lost_for_good(&self) -> SessionError {
+        match &self.link {
+            Some(link) => SessionError::Lost(link.lost_reason().await),
+            None => SessionError::Lost("the session is closed".to_string()),
+        }
+    }
+
     /// Waits on the current link for the answer `wanted` accepts. `Waited::Closed` only
     /// when reconnecting; otherwise a closed connection is an error.
     async fn wait_for(
@@ -485,39 +616,10 @@ impl Drop for Session {
 }
 
 /// The state every link of a new session shares.
-fn new_context(server: &NodeName, output: Arc<dyn Output>) -> Context {
+fn new_context(server: &NodeName, nick: String, output: Arc<dyn Output>) -> Context {
     Context {
         server: server.to_string(),
         output,
-        shared: Arc::new(Shared {
-            joined: AtomicBool::new(false),
-            wants_room: AtomicBool::new(false),
-            quitting: AtomicBool::new(false),
-            members: Members::default(),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::LeaveReason;
-
-    #[test]
-    fn members_follow_joins_leaves_and_user_lists() {
-        let members = Members::default();
-        members.replace(&["bob".into(), "ann".into()]);
-        members.follow(&EventKind::Joined { nick: "cy".into() });
-        members.follow(&EventKind::Left {
-            nick: "bob".into(),
-            reason: LeaveReason::Timeout,
-        });
-        members.follow(&EventKind::Message {
-            from: "ann".into(),
-            text: "hi".into(),
-        });
-        assert_eq!(members.snapshot(), ["ann", "cy"]);
-        members.replace(&[]);
-        assert!(members.snapshot().is_empty());
+        shared: Arc::new(Shared::new(nick)),
     }
 }

@@ -7,8 +7,11 @@
 mod common;
 
 use chat_client::plain::{self, PlainOutput};
-use chat_client::session::{Session, SessionError};
-use common::{LIMIT, Lines, Mode, ServerSide, accept, connect_client, listen, next};
+use chat_client::session::{JoinOutcome, Session, SessionError, Undelivered};
+use common::{
+    COOKIE, LIMIT, Lines, Mode, ServerSide, accept, ack_say, connect_client, joined_at, listen,
+    next, said,
+};
 use futures_util::SinkExt;
 use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
 use std::sync::Arc;
@@ -63,21 +66,21 @@ async fn session_prints_answers_pings_and_quits_cleanly() {
         session.quit().await
     };
     let script = async {
-        assert_eq!(
-            next(&mut server).await,
-            Some(ClientMessage::Say {
-                id: 0,
-                text: "hello  there".into()
-            })
-        );
+        // Every say and private message has the next id; leaving waits for the
+        // acknowledgements.
+        ack_say(&mut server, 1, "hello  there", 4).await;
         assert_eq!(
             next(&mut server).await,
             Some(ClientMessage::Private {
-                id: 0,
+                id: 2,
                 to: "bob".into(),
                 text: "psst".into()
             })
         );
+        server
+            .send(ServerMessage::Reply(Reply::Sent { id: 2, seq: 5 }))
+            .await
+            .unwrap();
         assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
         server
             .send(ServerMessage::Reply(Reply::Left))
@@ -88,6 +91,7 @@ async fn session_prints_answers_pings_and_quits_cleanly() {
     };
     let (quit, ()) = tokio::join!(client, script);
     assert_eq!(quit, Ok(()));
+    assert!(session.undelivered().is_empty());
     // Hanging up on purpose is not losing the server, not even a moment later.
     let lost = timeout(Duration::from_millis(100), lost.wait()).await;
     assert!(lost.is_err(), "{lost:?}");
@@ -112,13 +116,7 @@ async fn end_of_input_leaves_the_room() {
     let client = plain::run(input, &mut session, &output);
     let script = async {
         assert_eq!(next(&mut server).await, Some(ClientMessage::ListUsers));
-        assert_eq!(
-            next(&mut server).await,
-            Some(ClientMessage::Say {
-                id: 0,
-                text: "/slash".into()
-            })
-        );
+        ack_say(&mut server, 1, "/slash", 1).await;
         assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
         server
             .send(ServerMessage::Reply(Reply::Left))
@@ -142,7 +140,7 @@ async fn a_closing_server_is_a_lost_connection() {
         .unwrap();
     drop(server);
     let why = timeout(LIMIT, lost.wait()).await.unwrap();
-    assert_eq!(why, "server shutting down");
+    assert_eq!(why, SessionError::Lost("server shutting down".into()));
 }
 
 #[tokio::test]
@@ -159,5 +157,130 @@ async fn losing_the_server_while_waiting_is_an_error() {
         Err(SessionError::Lost(
             "the server closed the connection".into()
         ))
+    );
+}
+
+#[tokio::test]
+async fn the_backlog_is_marked_earlier_and_nothing_shows_twice() {
+    let (listener, target) = listen().await;
+    let (server, connection) =
+        tokio::join!(accept(&listener, COOKIE), connect_client(&target, COOKIE));
+    let (mut server, connection) = (server.unwrap(), connection.unwrap());
+    let lines = Arc::new(Lines::default());
+    let mut session = Session::start(
+        connection,
+        &common::server_name(),
+        "ann".into(),
+        Arc::clone(&lines) as _,
+    );
+    session.set_backlog(3);
+    let script = async {
+        assert_eq!(
+            next(&mut server).await,
+            Some(ClientMessage::Join {
+                nick: "ann".into(),
+                backlog: 3
+            })
+        );
+        let answer = ServerMessage::Reply(joined_at(&["ann", "bob"], 1, 10));
+        server.send(answer).await.unwrap();
+    };
+    let (joined, ()) = tokio::join!(session.join(), script);
+    assert_eq!(joined, Ok(JoinOutcome::Joined));
+    for event in [
+        said(9, "bob", "nine"),
+        said(10, "bob", "ten"),
+        said(10, "bob", "ten"),
+        said(11, "bob", "eleven"),
+        said(9, "bob", "nine"),
+    ] {
+        server.send(event).await.unwrap();
+    }
+    server.send(said(12, "bob", "twelve")).await.unwrap();
+    lines.wait_for("server@127.0.0.1> bob: twelve").await;
+    assert_eq!(
+        lines.after("* Type /help for options *"),
+        [
+            "[earlier] server@127.0.0.1> bob: nine",
+            "[earlier] server@127.0.0.1> bob: ten",
+            "server@127.0.0.1> bob: eleven",
+            "server@127.0.0.1> bob: twelve",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn what_the_server_passes_over_is_counted_as_undelivered() {
+    let (mut session, mut server, lines) = joined_session().await;
+    let client = async {
+        for line in ["one", "two", "/pm nobody psst", "three", "four"] {
+            session.handle_line(line).await.unwrap();
+        }
+        session.quit().await
+    };
+    let script = async {
+        ack_say(&mut server, 1, "one", 1).await;
+        // "two" falls to the flood limit: no answer of its own.
+        assert!(matches!(
+            next(&mut server).await,
+            Some(ClientMessage::Say { id: 2, .. })
+        ));
+        assert!(matches!(
+            next(&mut server).await,
+            Some(ClientMessage::Private { id: 3, .. })
+        ));
+        let no_such = Reply::NoSuchUser {
+            nick: "nobody".into(),
+        };
+        server.send(ServerMessage::Reply(no_such)).await.unwrap();
+        // "three" is refused for a reason the server tells.
+        assert!(matches!(
+            next(&mut server).await,
+            Some(ClientMessage::Say { id: 4, .. })
+        ));
+        let invalid = Reply::InvalidText {
+            reason: "too long".into(),
+        };
+        server.send(ServerMessage::Reply(invalid)).await.unwrap();
+        ack_say(&mut server, 5, "four", 2).await;
+        assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
+        server
+            .send(ServerMessage::Reply(Reply::Left))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut server).await, None);
+    };
+    let (quit, ()) = tokio::join!(client, script);
+    assert_eq!(quit, Ok(()));
+    assert_eq!(
+        session.undelivered(),
+        Undelivered {
+            flood: 1,
+            ..Undelivered::default()
+        }
+    );
+    let all = lines.all();
+    assert!(
+        all.contains(&"server@127.0.0.1> server: message not sent (too long)".to_string()),
+        "{all:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_kicks_for_flooding_ends_the_session_and_says_why() {
+    let (session, mut server, _lines) = joined_session().await;
+    let mut lost = session.lost_signal();
+    server
+        .send(ServerMessage::Closing {
+            reason: LeaveReason::Flooding,
+        })
+        .await
+        .unwrap();
+    let why = timeout(LIMIT, lost.wait()).await.unwrap();
+    assert_eq!(
+        why,
+        SessionError::Lost(
+            "the server disconnected this client for sending too fast (excess flood)".into()
+        )
     );
 }

@@ -212,7 +212,7 @@ const REFUSAL_DRAIN: usize = 4096;
 
 /// Most refused connections lingering at once; past this, a refusal only reads what has
 /// already arrived before it closes.
-const MAX_LINGERING: usize = 4096;
+const MAX_LINGERING: usize = 16 * 1024;
 
 /// Refused connections currently lingering.
 static LINGERING: AtomicUsize = AtomicUsize::new(0);

@@ -139,22 +139,83 @@ pub async fn answer_join(server: &mut ServerSide, nick: &str, answer: Reply) {
     send(server, ServerMessage::Reply(answer)).await;
 }
 
-/// The reply to a successful join with `users` in the room.
+/// The ticket the scripted server gives.
+pub const TICKET: protocol::SessionTicket = protocol::SessionTicket {
+    id: 1,
+    secret: [7; 16],
+};
+
+/// The scripted server's flood limit: 10 messages/s, bursts of 20.
+pub const LIMITS: protocol::FloodLimits = protocol::FloodLimits {
+    interval_us: 100_000,
+    burst: 20,
+};
+
+/// The reply to a successful join with `users` in the room (epoch 1, at room number 0).
 pub fn joined(users: &[&str]) -> Reply {
+    joined_at(users, 1, 0)
+}
+
+/// The reply to a successful join with `users` in the room, in `epoch` at `seq`.
+pub fn joined_at(users: &[&str], epoch: u64, seq: u64) -> Reply {
     Reply::Joined {
-        users: users.iter().map(|u| u.to_string()).collect(),
+        users: nicks(users),
         more: 0,
-        ticket: protocol::SessionTicket {
-            id: 1,
-            secret: [7; 16],
-        },
-        epoch: 1,
-        seq: 0,
-        limits: protocol::FloodLimits {
-            interval_us: 100_000,
-            burst: 20,
-        },
+        ticket: TICKET,
+        epoch,
+        seq,
+        limits: LIMITS,
     }
+}
+
+/// Owned nicks.
+pub fn nicks(users: &[&str]) -> Vec<String> {
+    users.iter().map(|u| u.to_string()).collect()
+}
+
+/// The resume of the session [`joined`] started, after `last_seq`.
+pub fn resume(last_seq: u64) -> ClientMessage {
+    ClientMessage::Resume {
+        ticket: TICKET,
+        epoch: 1,
+        last_seq,
+    }
+}
+
+/// The reply to a resume: `missed` events follow, up to room number `seq`.
+pub fn resumed(users: &[&str], missed: u32, lost: u64, seq: u64) -> Reply {
+    Reply::Resumed {
+        missed,
+        lost,
+        rejoined: false,
+        users: nicks(users),
+        more: 0,
+        seq,
+        limits: LIMITS,
+    }
+}
+
+/// A room event: `from` said `text`, numbered `seq`.
+pub fn said(seq: u64, from: &str, text: &str) -> ServerMessage {
+    ServerMessage::Event(protocol::Event {
+        seq,
+        kind: protocol::EventKind::Message {
+            from: from.into(),
+            text: text.into(),
+        },
+    })
+}
+
+/// Expects a say with `id` and `text`, and acknowledges it as room number `seq`.
+pub async fn ack_say(server: &mut ServerSide, id: u64, text: &str, seq: u64) {
+    assert_eq!(
+        next(server).await,
+        Some(ClientMessage::Say {
+            id,
+            text: text.into()
+        })
+    );
+    send(server, ServerMessage::Reply(Reply::Sent { id, seq })).await;
 }
 
 /// A listener on an ephemeral port and the target naming it.
@@ -179,6 +240,7 @@ pub fn quick_policy() -> ReconnectPolicy {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(100),
         jitter: 0.2,
+        lookup_every: Duration::from_millis(20),
     }
 }
 
