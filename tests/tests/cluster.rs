@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use chat_tests::nodes::sorted;
 use chat_tests::redis::{RedisServer, redis_or_skip};
 use chat_tests::talker::{Seen, Talker};
-use chat_tests::{COOKIE, Ctx, Server, Signal, WAIT};
+use chat_tests::{COOKIE, Ctx, Server, Signal, Stream, WAIT};
 use protocol::{ClientMessage, Event, EventKind, Reply, ResumeFailure, SessionTicket};
 
 /// Starts node `name` of the cluster in `redis`, with a short tick so that leases and
@@ -633,4 +633,72 @@ fn a_redis_that_lost_the_room_makes_every_node_start_again() {
         ann.say(1, "after");
         bob.wait("ann's message", heard("after")).await.unwrap();
     });
+}
+
+#[test]
+fn chat_client_fails_over_to_another_node_and_resumes() {
+    let Some(redis) = redis_or_skip("chat_client_fails_over_to_another_node_and_resumes") else {
+        return;
+    };
+    let ctx = Ctx::new();
+    // A lease longer than the failover: the room does not see ann go.
+    let lease = ["--cluster-lease", "30"];
+    let a = node(&ctx, &redis, "a@localhost", &lease);
+    let _b = node(&ctx, &redis, "b@localhost", &lease);
+    let mut c = node(&ctx, &redis, "c@localhost", &lease);
+    let mut bob = ctx.join(&a, "bob");
+    let mut ann = ctx
+        .client("ann")
+        .server_arg("c@localhost,a@localhost,b@localhost", "c@localhost")
+        .reconnect()
+        .join();
+    bob.expect_joined("ann");
+    ann.send("before");
+    bob.expect_say("ann", "before");
+
+    c.proc.signal(Signal::Kill);
+    ann.expect("Connection to c@localhost lost:");
+    bob.send("while you were away");
+    // Typed while failing over: queued, sent after the resume.
+    ann.send("typed while away");
+    ann.expect("* Reconnected to a@localhost *");
+    bob.expect_say("ann", "typed while away");
+    ann.proc
+        .expect_line("a@localhost> bob: while you were away", WAIT);
+    bob.send("after");
+    ann.proc.expect_line("a@localhost> bob: after", WAIT);
+
+    // Nothing twice, on either side; the room never saw ann leave.
+    bob.expect_not_received("ann has left");
+    let ann_out = ann.proc.lines(Stream::Stdout);
+    let count =
+        |lines: &[String], needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count(&ann_out, "bob: while you were away"),
+        1,
+        "{ann_out:#?}"
+    );
+    let bob_out = bob.proc.lines(Stream::Stdout);
+    assert_eq!(count(&bob_out, "ann: typed while away"), 1, "{bob_out:#?}");
+    assert_eq!(count(&bob_out, "ann: before"), 1, "{bob_out:#?}");
+}
+
+#[test]
+fn chat_client_tries_the_next_node_when_the_first_is_down() {
+    let Some(redis) = redis_or_skip("chat_client_tries_the_next_node_when_the_first_is_down")
+    else {
+        return;
+    };
+    let ctx = Ctx::new();
+    let b = node(&ctx, &redis, "b@localhost", &[]);
+    let mut bob = ctx.join(&b, "bob");
+    // a@localhost is not running: the client says so and joins through b.
+    let mut ann = ctx
+        .client("ann")
+        .server_arg("a@localhost,b@localhost", "b@localhost")
+        .spawn();
+    ann.proc
+        .expect_in(Stream::Stderr, "Could not connect to a@localhost", WAIT);
+    assert_eq!(sorted(&ann.expect_banner()), strings(&["ann", "bob"]));
+    bob.expect_joined("ann");
 }

@@ -1,7 +1,7 @@
 //! Command-line flags, and what they resolve to once defaults are filled in.
 //!
 //! ```text
-//! chat-client [--server alive@host[:PORT]] [--nick NICK] [--name N | --sname N]
+//! chat-client [--server alive@host[:PORT][,alive@host[:PORT]...]] [--nick NICK] [--name N | --sname N]
 //!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps]
 //!             [--backlog N] [--erlang]
 //! ```
@@ -32,10 +32,12 @@ const MAX_DERIVED_ALIVE_LEN: usize = 64;
     about = "Join an ExMessenger chat room and talk in it."
 )]
 pub struct Args {
-    /// The chat server's node name; with :PORT the port mapper is skipped. Default:
-    /// server@HOST, HOST being this machine's short host name.
-    #[arg(long, value_name = "alive@host[:PORT]")]
-    pub server: Option<ServerTarget>,
+    /// The chat server's node name; with :PORT the port mapper is skipped. Several
+    /// nodes of one cluster, comma-separated, are tried in turn, at start and after a
+    /// lost connection (failover). Default: server@HOST, HOST being this machine's
+    /// short host name.
+    #[arg(long, value_name = "alive@host[:PORT],...", value_delimiter = ',')]
+    pub server: Option<Vec<ServerTarget>>,
 
     /// The nick to join the room with. Default: $USER (or $LOGNAME).
     #[arg(long)]
@@ -114,6 +116,9 @@ impl Environment {
 pub struct Config {
     /// Where to connect.
     pub server: ServerTarget,
+    /// Other nodes of the same room, tried in turn when `server` cannot be reached
+    /// (`--server a,b,c`).
+    pub fallbacks: Vec<ServerTarget>,
     /// This client's node name, sent in the handshake.
     pub own: NodeName,
     /// The nick to join with.
@@ -148,15 +153,19 @@ impl Args {
     /// Fills in the defaults and resolves the cookie (which may create
     /// `~/.erlang.cookie`, as Erlang does).
     pub fn resolve(&self, env: &Environment) -> Result<Config, ConfigError> {
-        let mut server = match &self.server {
-            Some(server) => server.clone(),
-            None => ServerTarget {
+        let mut servers = self.server.clone().unwrap_or_default();
+        if servers.is_empty() {
+            servers.push(ServerTarget {
                 name: NodeName::parse_short("server")?,
                 port: None,
                 erlang: false,
-            },
-        };
-        server.erlang |= self.erlang;
+            });
+        }
+        for server in &mut servers {
+            server.erlang |= self.erlang;
+        }
+        let server = servers.remove(0);
+        let fallbacks = servers;
         let nick = self
             .nick
             .clone()
@@ -173,6 +182,7 @@ impl Args {
         )?;
         Ok(Config {
             server,
+            fallbacks,
             own,
             nick,
             cookie,
@@ -295,6 +305,18 @@ mod tests {
             a.resolve(&env()).unwrap().own.to_string(),
             format!("me@{}", short_hostname())
         );
+    }
+
+    #[test]
+    fn several_servers_are_tried_in_the_order_given() {
+        let config = args(&["--server", "a@h,b@h:4001,c@h"])
+            .unwrap()
+            .resolve(&env())
+            .unwrap();
+        assert_eq!(config.server.to_string(), "a@h");
+        let rest: Vec<String> = config.fallbacks.iter().map(|t| t.to_string()).collect();
+        assert_eq!(rest, ["b@h:4001", "c@h"]);
+        assert!(args(&["--server", "a@h,,b@h"]).is_err());
     }
 
     #[test]

@@ -339,6 +339,15 @@ impl Handler {
                     };
                 }
                 ServerMessage::Event(event) => self.on_event(event),
+                // A cluster node that cannot reach its store refuses joins and resumes
+                // for now: give this link up, so the session reconnects (to another
+                // node if it has several) and resumes, keeping what waits to be said.
+                ServerMessage::Reply(
+                    Reply::Unavailable { id: 0, .. }
+                    | Reply::ResumeFailed {
+                        reason: ResumeFailure::Unavailable,
+                    },
+                ) => return Loss::new(render::room_unavailable()),
                 ServerMessage::Reply(reply) => self.on_reply(reply),
             }
         }
@@ -437,7 +446,8 @@ impl Handler {
                 shared.sends.no_such_user(&nick);
                 return;
             }
-            Reply::InvalidText { .. } => {
+            // Refused: the cluster's store is unreachable and the node could not hold it.
+            Reply::InvalidText { .. } | Reply::Unavailable { held: false, .. } => {
                 shared.sends.explained_refusal();
                 return;
             }
@@ -498,6 +508,8 @@ impl Handler {
                 self.not_in_room();
             }
             ResumeFailure::AlreadyJoined => debug!("resumed a session that is already in"),
+            // Ends the link before it gets here (see `read_loop`).
+            ResumeFailure::Unavailable => debug!("this node cannot serve the room just now"),
         }
     }
 

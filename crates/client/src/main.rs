@@ -73,31 +73,44 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         .resolve(&Environment::from_process())
         .context("cannot start the client")?;
     debug!(cookie = %config.cookie_source, "cookie found");
-    let server = config.server.name.to_string();
-
-    plain::print_line(&render::connecting(&server, &config.own.to_string()));
-    let connection =
-        match connect::connect(&config.server, &config.own, config.cookie.clone()).await {
-            Ok(connection) => connection,
-            Err(e) => {
-                eprintln!("{}", render::connect_failed(&server, &e.to_string()));
-                return Ok(FAILURE);
+    // The nodes to try, in the order given (several: one room on a cluster).
+    let mut targets: Vec<_> = std::iter::once(config.server.clone())
+        .chain(config.fallbacks.iter().cloned())
+        .collect();
+    let mut connected = None;
+    for (i, target) in targets.iter().enumerate() {
+        let server = target.name.to_string();
+        plain::print_line(&render::connecting(&server, &config.own.to_string()));
+        match connect::connect(target, &config.own, config.cookie.clone()).await {
+            Ok(connection) => {
+                connected = Some((i, connection));
+                break;
             }
-        };
+            Err(e) => eprintln!("{}", render::connect_failed(&server, &e.to_string())),
+        }
+    }
+    let Some((first, connection)) = connected else {
+        return Ok(FAILURE);
+    };
+    // The node that answered first; the others follow it for failover.
+    targets.rotate_left(first);
+    let target = targets.remove(0);
+    let server = target.name.to_string();
     plain::print_line(&render::connected());
 
     // The line editor on a terminal, plain lines otherwise.
     let front = FrontEnd::choose(&config.own, config.timestamps);
     let mut session = if config.reconnect {
         let redial = Redial {
-            target: config.server.clone(),
+            target: target.clone(),
+            fallbacks: targets,
             own: config.own.clone(),
             cookie: config.cookie.clone(),
             policy: ReconnectPolicy::default(),
         };
         Session::start_reconnecting(connection, config.nick, front.output(), redial)
     } else {
-        Session::start(connection, &config.server.name, config.nick, front.output())
+        Session::start(connection, &target.name, config.nick, front.output())
     };
     session.set_backlog(config.backlog);
     // Lines from a pipe wait for room rather than being refused while disconnected.

@@ -12,6 +12,10 @@
 //! the next (`Could not reconnect to <server>: <why>; retrying in N s`); later failures
 //! for the same reason print only a changed wait.
 //!
+//! With several nodes (`--server a,b,c`: one room on a cluster), an attempt tries each
+//! node in turn, starting with the one after the node just lost, and the first that
+//! answers takes over: lines from then on show its name.
+//!
 //! Once connected it prints `* Reconnected to <server> *` and, if the user was in the
 //! room, queues a resume of the session (or a join with the same nick when there is no
 //! session to resume), then hands the new link to the front end. The answer (back in the
@@ -23,6 +27,7 @@
 //! different node answering), or a server that disconnected us for flooding. Then it
 //! ends the session with that reason.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -98,6 +103,10 @@ impl ReconnectPolicy {
 pub struct Redial {
     /// The server, resolved again on every attempt.
     pub target: ServerTarget,
+    /// Other nodes serving the same room (a cluster): an attempt that cannot reach one
+    /// node tries the next, starting after the one just lost, so a client whose node
+    /// died fails over to another and resumes its session there.
+    pub fallbacks: Vec<ServerTarget>,
     /// This client's node name, for the handshake.
     pub own: NodeName,
     /// The shared secret, for the handshake.
@@ -141,8 +150,14 @@ pub(crate) async fn supervise(
     links: mpsc::UnboundedSender<Link>,
     ended: watch::Sender<Option<SessionError>>,
 ) {
-    let shared = &context.shared;
+    let shared = &Arc::clone(&context.shared);
     let mut attempt = 0;
+    let targets: Vec<ServerTarget> = std::iter::once(redial.target.clone())
+        .chain(redial.fallbacks.iter().cloned())
+        .collect();
+    // The node the current link is to, and the context its lines are printed with.
+    let mut at = 0;
+    let mut context = context;
     loop {
         let loss = current.lost().await;
         if current.uptime() >= redial.policy.max {
@@ -164,13 +179,18 @@ pub(crate) async fn supervise(
             &loss.why,
         ));
 
-        let connection = match connect_with_backoff(&redial, &context, &mut attempt).await {
-            Ok(connection) => connection,
-            Err(lasting) => {
-                let _ = ended.send(Some(SessionError::Unreachable(lasting.to_string())));
-                return;
-            }
-        };
+        let (connection, to) =
+            match connect_with_backoff(&redial, &targets, at, &context, &mut attempt).await {
+                Ok(connected) => connected,
+                Err(lasting) => {
+                    let _ = ended.send(Some(SessionError::Unreachable(lasting.to_string())));
+                    return;
+                }
+            };
+        if to != at {
+            at = to;
+            context.server = targets[at].name.to_string();
+        }
         context.output.line(&render::reconnected(&context.server));
         let (link, watch) = link::start(connection, &context);
         if shared.wants_room.load(Ordering::SeqCst) {
@@ -194,12 +214,17 @@ pub(crate) async fn supervise(
 }
 
 /// Tries to connect until it works, waiting longer after every failure; gives up on a
-/// lasting reason ([`is_lasting`]). `attempt` counts the attempts of this round.
+/// lasting reason ([`is_lasting`]) from every node. Each attempt tries the nodes of
+/// `targets` in turn, starting after `lost` (the node of the lost link; itself only when
+/// it is the only one). Returns the connection and the index of its node. `attempt`
+/// counts the attempts of this round.
 async fn connect_with_backoff(
     redial: &Redial,
+    targets: &[ServerTarget],
+    lost: usize,
     context: &Context,
     attempt: &mut u32,
-) -> Result<Connection, ConnectError> {
+) -> Result<(Connection, usize), ConnectError> {
     let mut watcher = Watcher::new(redial);
     let mut told: Option<(String, u64)> = None;
     let mut delay = redial.policy.delay(*attempt, &mut rand::rng());
@@ -207,15 +232,30 @@ async fn connect_with_backoff(
         debug!(attempt = *attempt, ?delay, "waiting before reconnecting");
         watcher.wait(Instant::now() + delay).await;
         *attempt = attempt.saturating_add(1);
-        let error = match connect::connect(&redial.target, &redial.own, redial.cookie.clone()).await
-        {
-            Ok(connection) => {
-                debug!(attempt = *attempt, "reconnected");
-                return Ok(connection);
+        let mut last = None;
+        let mut lasting = 0;
+        for step in 1..=targets.len() {
+            let index = (lost + step) % targets.len();
+            let target = &targets[index];
+            match connect::connect(target, &redial.own, redial.cookie.clone()).await {
+                Ok(connection) => {
+                    debug!(attempt = *attempt, server = %target, "reconnected");
+                    return Ok((connection, index));
+                }
+                Err(e) => {
+                    debug!(server = %target, error = %e, "this node cannot be reached");
+                    lasting += usize::from(is_lasting(&e));
+                    last = Some(e);
+                }
             }
-            Err(e) if is_lasting(&e) => return Err(e),
-            Err(e) => e,
+        }
+        // (There is always at least one node: the one first given.)
+        let Some(error) = last else {
+            continue;
         };
+        if lasting == targets.len() {
+            return Err(error);
+        }
         debug!(attempt = *attempt, %error, "reconnecting failed");
         watcher.failed(&error);
         delay = redial.policy.delay(*attempt, &mut rand::rng());

@@ -314,8 +314,16 @@ pub fn resume_failed(reason: ResumeFailure, nick: &str) -> Option<String> {
             "* the nick {} was taken while you were away *",
             sanitize(nick)
         )),
-        ResumeFailure::AlreadyJoined => None,
+        // The link ends and the session is resumed on the next attempt (link.rs).
+        ResumeFailure::AlreadyJoined | ResumeFailure::Unavailable => None,
     }
+}
+
+/// Why a link is given up when the node cannot serve the room just now (a cluster node
+/// whose store is unreachable): the session reconnects, to another node if it has
+/// several, and resumes.
+pub fn room_unavailable() -> String {
+    "the room is unavailable on this node just now (its store cannot be reached)".to_string()
 }
 
 /// Where the user stands after a reconnect that could not get back into the room.

@@ -270,6 +270,7 @@ pub async fn joined_session(
         Mode::Reconnect(policy) => {
             let redial = Redial {
                 target: target.clone(),
+                fallbacks: Vec::new(),
                 own: own_name(),
                 cookie: Cookie::new(COOKIE).unwrap(),
                 policy,
