@@ -1,7 +1,8 @@
 //! Starting what the bench measures: a release `chat-server` with its own port mapper, a
-//! baseline `chat-server` (another build, such as main before the secure channel), or the
-//! baseline relay (`chat-bench relay`), each as a child process, optionally pinned to
-//! CPUs; or a server that is already running.
+//! baseline `chat-server` (another build, such as main before the secure channel), the
+//! baseline relay (`chat-bench relay`), or a cluster of [`CLUSTER_NODES`] chat-server
+//! nodes sharing one `redis-server` (`--cluster`), each as a child process, optionally
+//! pinned to CPUs; or a server that is already running.
 //!
 //! Every child is killed when its handle drops (`kill_on_drop`), which covers normal
 //! exit, errors and Ctrl-C (the bench turns SIGINT/SIGTERM into an error so handles drop);
@@ -27,8 +28,14 @@ use crate::client;
 use crate::session::{Dialect, Endpoint};
 use crate::wire::Layout;
 
+/// Ports tried for the cluster's redis-server before giving up.
+const REDIS_PORT_ATTEMPTS: usize = 5;
+
 /// Time a child has to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Nodes of the cluster the bench starts with `--cluster`.
+pub const CLUSTER_NODES: usize = 3;
 
 /// Frames a member may have queued before it counts as a slow consumer, for the server
 /// (`--send-queue`) and the relay alike: large, so the bench measures throughput, not
@@ -45,6 +52,8 @@ pub enum TargetKind {
     Baseline,
     /// The baseline relay built into chat-bench.
     Relay,
+    /// [`CLUSTER_NODES`] chat-server nodes serving one room through one redis-server.
+    Cluster,
 }
 
 impl fmt::Display for TargetKind {
@@ -53,6 +62,7 @@ impl fmt::Display for TargetKind {
             Self::Server => "server",
             Self::Baseline => "baseline",
             Self::Relay => "relay",
+            Self::Cluster => "cluster",
         })
     }
 }
@@ -125,15 +135,38 @@ impl Drop for ChildGuard {
 
 /// A running target: where to connect and which process to watch.
 pub struct Running {
-    /// Where clients connect.
+    /// Where clients connect (the first node of a cluster).
     pub endpoint: Endpoint,
-    /// The process to read CPU time and RSS from, when known.
+    /// The other nodes of a cluster, serving the same room; empty for one server.
+    pub more_nodes: Vec<Endpoint>,
+    /// The process to read CPU time and RSS from, when known (the first node's).
     pub pid: Option<u32>,
+    /// The other processes whose CPU time counts as the target's (a cluster's other
+    /// nodes and its redis-server).
+    pub more_pids: Vec<u32>,
     /// The server's log file, when the bench started it.
     pub log: Option<PathBuf>,
     /// True when the bench started the target, so its room starts empty.
     pub fresh_room: bool,
-    _child: Option<ChildGuard>,
+    /// Children killed when the target is dropped, in this order.
+    _children: Vec<ChildGuard>,
+}
+
+impl Running {
+    /// Every node clients may connect to: the first, then the others.
+    pub fn nodes(&self) -> Vec<Endpoint> {
+        std::iter::once(self.endpoint.clone())
+            .chain(self.more_nodes.iter().cloned())
+            .collect()
+    }
+
+    /// Every process whose CPU time is the target's.
+    pub fn pids(&self) -> Vec<u32> {
+        self.pid
+            .into_iter()
+            .chain(self.more_pids.iter().copied())
+            .collect()
+    }
 }
 
 /// Starts servers and relays, one per measurement, sharing one port mapper and cookie.
@@ -197,10 +230,12 @@ impl Launcher {
                             server_name: external.name.to_string(),
                             cookie: external.cookie,
                         },
+                        more_nodes: Vec::new(),
                         pid: external.pid,
+                        more_pids: Vec::new(),
                         log: None,
                         fresh_room: false,
-                        _child: None,
+                        _children: Vec::new(),
                     })
                 }
                 None => {
@@ -219,7 +254,96 @@ impl Launcher {
                 self.start_server(&bin, Dialect::V1, None, cpus).await
             }
             TargetKind::Relay => self.start_relay(cpus).await,
+            TargetKind::Cluster => {
+                if self.config.external.is_some() {
+                    bail!("--cluster starts its own nodes; it cannot use --server");
+                }
+                if cpus.is_some() {
+                    bail!("a pinned run cannot measure a cluster");
+                }
+                self.start_cluster().await
+            }
         }
+    }
+
+    /// Starts a redis-server on a free port, then [`CLUSTER_NODES`] chat-server nodes
+    /// with `--cluster` pointing at it (each ready once it serves the room).
+    async fn start_cluster(&mut self) -> Result<Running> {
+        let (redis, redis_port) = self.start_redis().await?;
+        let redis_pid = redis.0.id();
+        let url = format!("redis://127.0.0.1:{redis_port}/");
+        let mut nodes = Vec::new();
+        let mut children = Vec::new();
+        let mut pids = Vec::new();
+        let mut first_log = None;
+        for _ in 0..CLUSTER_NODES {
+            let bin = self.config.server_bin.clone();
+            let (guard, endpoint, log) = self
+                .spawn_server(&bin, Dialect::CURRENT, &["--cluster", &url], None)
+                .await?;
+            pids.extend(guard.0.id());
+            first_log.get_or_insert(log);
+            children.push(guard);
+            nodes.push(endpoint);
+        }
+        // Nodes go first, so none of them sees its Redis vanish.
+        children.push(redis);
+        pids.extend(redis_pid);
+        let endpoint = nodes.remove(0);
+        let pid = pids.first().copied();
+        tracing::debug!(%url, nodes = CLUSTER_NODES, "cluster started");
+        Ok(Running {
+            endpoint,
+            more_nodes: nodes,
+            pid,
+            more_pids: pids.into_iter().skip(1).collect(),
+            log: first_log,
+            fresh_room: true,
+            _children: children,
+        })
+    }
+
+    /// A redis-server that keeps nothing on disk, on a free port of 127.0.0.1; another
+    /// port is tried when the one picked was taken in between.
+    async fn start_redis(&mut self) -> Result<(ChildGuard, u16)> {
+        let mut last = None;
+        for _ in 0..REDIS_PORT_ATTEMPTS {
+            let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .context("cannot find a free port for redis-server")?
+                .port();
+            let mut command = Command::new("redis-server");
+            command
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no", "--logfile", ""])
+                .arg("--dir")
+                .arg(&self.config.log_dir)
+                .stderr(Stdio::null());
+            let (child, stdout) = spawn(command, None).context(
+                "cannot run redis-server (is it installed? apt-get install redis-server)",
+            )?;
+            let mut guard = ChildGuard(child);
+            match ready_line(
+                stdout,
+                |line| line.contains("Ready to accept connections"),
+                "Ready to accept connections",
+                &mut guard.0,
+                None,
+            )
+            .await
+            {
+                Ok(_) => {
+                    tracing::debug!(port, "redis-server started");
+                    return Ok((guard, port));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow!("no port tried"))
+            .context("redis-server did not start"))
     }
 
     async fn mapper_port(&mut self) -> Result<u16> {
@@ -232,7 +356,15 @@ impl Launcher {
             .stderr(Stdio::null());
         let (child, stdout) = spawn(command, None)?;
         let mut guard = ChildGuard(child);
-        let line = ready_line(stdout, "port mapper ready on port ", &mut guard.0, None).await?;
+        let prefix = "port mapper ready on port ";
+        let line = ready_line(
+            stdout,
+            |l| l.starts_with(prefix),
+            prefix,
+            &mut guard.0,
+            None,
+        )
+        .await?;
         let port = parse_port(&line, "port mapper ready on port ")?;
         tracing::debug!(port, "port mapper started");
         self.mapper = Some((guard, port));
@@ -246,6 +378,35 @@ impl Launcher {
         layout: Option<Layout>,
         cpus: Option<libc::cpu_set_t>,
     ) -> Result<Running> {
+        let (guard, mut endpoint, log) = self.spawn_server(bin, dialect, &[], cpus).await?;
+        if let Some(layout) = layout {
+            endpoint.layout = layout;
+        } else {
+            endpoint.layout = client::detect_layout(&endpoint)
+                .await
+                .with_context(|| format!("cannot tell which messages {} speaks", bin.display()))?;
+            tracing::info!(layout = ?endpoint.layout, bin = %bin.display(), "baseline server's messages");
+        }
+        Ok(Running {
+            endpoint,
+            more_nodes: Vec::new(),
+            pid: guard.0.id(),
+            more_pids: Vec::new(),
+            log: Some(log),
+            fresh_room: true,
+            _children: vec![guard],
+        })
+    }
+
+    /// Starts one chat-server (with `extra` arguments before the user's) under a new
+    /// node name and waits for its ready line.
+    async fn spawn_server(
+        &mut self,
+        bin: &Path,
+        dialect: Dialect,
+        extra: &[&str],
+        cpus: Option<libc::cpu_set_t>,
+    ) -> Result<(ChildGuard, Endpoint, PathBuf)> {
         let mapper_port = self.mapper_port().await?;
         self.starts += 1;
         let name = NodeName::from_parts(&format!("bench{}", self.starts), "localhost")?;
@@ -260,10 +421,12 @@ impl Launcher {
             .arg("--name")
             .arg(name.to_string())
             .args(["--bind", "127.0.0.1", "--port", "0"])
+            .args(extra)
             .args(policy_args(&self.config.server_args))
             .args(&self.config.server_args)
             .env("ERL_EPMD_PORT", mapper_port.to_string())
             .env("CHAT_COOKIE", &self.cookie)
+            .env_remove("CHAT_CLUSTER")
             .stderr(Stdio::from(log_file));
         match &self.config.server_log_level {
             Some(level) => command.env("RUST_LOG", level),
@@ -272,30 +435,24 @@ impl Launcher {
         let (child, stdout) = spawn(command, cpus)?;
         let mut guard = ChildGuard(child);
         let prefix = format!("chat-server {name} ready on port ");
-        let line = ready_line(stdout, &prefix, &mut guard.0, Some(&log)).await?;
+        let line = ready_line(
+            stdout,
+            |line| line.starts_with(&prefix),
+            &prefix,
+            &mut guard.0,
+            Some(&log),
+        )
+        .await?;
         let port = parse_port(&line, &prefix)?;
-        let pid = guard.0.id();
-        tracing::debug!(%name, port, ?pid, log = %log.display(), "server started");
-        let mut endpoint = Endpoint {
+        tracing::debug!(%name, port, pid = ?guard.0.id(), log = %log.display(), "server started");
+        let endpoint = Endpoint {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             dialect,
-            layout: layout.unwrap_or(Layout::CURRENT),
+            layout: Layout::CURRENT,
             server_name: name.to_string(),
             cookie: self.cookie.clone(),
         };
-        if layout.is_none() {
-            endpoint.layout = client::detect_layout(&endpoint)
-                .await
-                .with_context(|| format!("cannot tell which messages {} speaks", bin.display()))?;
-            tracing::info!(layout = ?endpoint.layout, bin = %bin.display(), "baseline server's messages");
-        }
-        Ok(Running {
-            endpoint,
-            pid,
-            log: Some(log),
-            fresh_room: true,
-            _child: Some(guard),
-        })
+        Ok((guard, endpoint, log))
     }
 
     async fn start_relay(&mut self, cpus: Option<libc::cpu_set_t>) -> Result<Running> {
@@ -308,7 +465,15 @@ impl Launcher {
             .stderr(Stdio::inherit());
         let (child, stdout) = spawn(command, cpus)?;
         let mut guard = ChildGuard(child);
-        let line = ready_line(stdout, "relay ready on port ", &mut guard.0, None).await?;
+        let prefix = "relay ready on port ";
+        let line = ready_line(
+            stdout,
+            |l| l.starts_with(prefix),
+            prefix,
+            &mut guard.0,
+            None,
+        )
+        .await?;
         let port = parse_port(&line, "relay ready on port ")?;
         let pid = guard.0.id();
         tracing::debug!(port, ?pid, "relay started");
@@ -320,10 +485,12 @@ impl Launcher {
                 server_name: String::new(),
                 cookie: String::new(),
             },
+            more_nodes: Vec::new(),
             pid,
+            more_pids: Vec::new(),
             log: None,
             fresh_room: true,
-            _child: Some(guard),
+            _children: vec![guard],
         })
     }
 }
@@ -382,10 +549,12 @@ fn spawn(mut command: Command, cpus: Option<libc::cpu_set_t>) -> Result<(Child, 
     Ok((child, stdout))
 }
 
-/// Waits for the line starting with `prefix` on the child's stdout; afterwards the rest of
-/// its stdout is drained in the background so the child never blocks on it.
+/// Waits for the line that is `ready` (described as `prefix` in errors) on the child's
+/// stdout; afterwards the rest of its stdout is drained in the background so the child
+/// never blocks on it.
 async fn ready_line(
     stdout: ChildStdout,
+    ready: impl Fn(&str) -> bool,
     prefix: &str,
     child: &mut Child,
     log: Option<&Path>,
@@ -393,7 +562,7 @@ async fn ready_line(
     let mut lines = BufReader::new(stdout).lines();
     let found = tokio::time::timeout(READY_TIMEOUT, async {
         while let Some(line) = lines.next_line().await? {
-            if line.starts_with(prefix) {
+            if ready(&line) {
                 return Ok(Some(line));
             }
         }

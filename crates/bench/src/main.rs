@@ -55,6 +55,14 @@ prints the server's figures as ratios of the relay's. --baseline-server PATH add
 second chat-server binary to every run (a build of an older main, speaking protocol
 version 1: scripts/build-baseline.sh REV builds one), compared with ours in the same run.
 
+Cluster: --cluster adds a target of three chat-server nodes started with --cluster and
+one redis-server (found on PATH, keeping nothing on disk), all on this machine, to
+fanout, openloop and join runs (clients spread over the nodes; openloop's senders on the
+first node, its receivers on the others). `chat-bench --cluster` alone runs fan-out
+against one node and the cluster, then openloop against both at half the one node's
+fan-out rate (--cluster-load), and again at half the cluster's own rate when that is
+lower, and prints the cluster's rate and its added p50/p99 latency over one node. The cluster's CPU column counts all three nodes and Redis.
+
 Generator: clients are spread over --threads threads (default: one per CPU the bench may
 use), each running one poll loop. Pinned runs (fanout --pin, and the suite's pinned rows)
 put the target on the first CPU and the generator on the others.
@@ -85,9 +93,28 @@ start-up error.";
 #[command(name = "chat-bench", version, about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
-    command: Mode,
+    command: Option<Mode>,
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    comparison: ComparisonArgs,
+}
+
+/// `chat-bench --cluster` without a command: one node against a cluster, same run.
+#[derive(Args)]
+struct ComparisonArgs {
+    /// Clients in the room for `chat-bench --cluster` (spread over the nodes for the
+    /// throughput run; for the latency run the sender is on one node and the receivers
+    /// on the others).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    cluster_clients: usize,
+    /// Sending time of each run of `chat-bench --cluster`, seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    cluster_duration: f64,
+    /// The latency runs' offered rate, as a fraction of the one node's fan-out maximum
+    /// measured just before (and of the cluster's, when that is lower).
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+    cluster_load: f64,
 }
 
 /// Which implementation to measure.
@@ -148,6 +175,12 @@ struct TargetArgs {
     /// Print JSON lines on standard output (the table goes to standard error).
     #[arg(long, global = true)]
     json: bool,
+    /// Also measure a cluster: three chat-server nodes on this machine serving one room
+    /// through one redis-server (on PATH), both started by the bench, in the same run as
+    /// one node. Without a command: fan-out throughput of both, then open-loop latency
+    /// at half the one node's maximum with the sender and receivers on different nodes.
+    #[arg(long, global = true)]
+    cluster: bool,
 }
 
 #[derive(Subcommand)]
@@ -487,7 +520,7 @@ fn plan(mode: &Mode) -> Result<Vec<Workload>> {
 
 /// Runs the command; true when every run passed.
 async fn run(cli: Cli) -> Result<bool> {
-    if let Mode::Relay(args) = &cli.command {
+    if let Some(Mode::Relay(args)) = &cli.command {
         let listener = TcpListener::bind((args.bind, args.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
@@ -496,20 +529,27 @@ async fn run(cli: Cli) -> Result<bool> {
         relay::serve(listener, args.queue).await;
         return Ok(true);
     }
-    let plan = plan(&cli.command)?;
     let t = &cli.target;
+    let comparison = cli.command.is_none();
+    let plan = match &cli.command {
+        Some(mode) => plan(mode)?,
+        None if t.cluster => Vec::new(),
+        None => {
+            bail!("a command is needed (fanout, openloop, idle, join, resume, suite), or --cluster")
+        }
+    };
     let choice = if t.baseline_relay {
         TargetChoice::Relay
     } else {
         t.target.unwrap_or(match cli.command {
-            Mode::Suite(_) => TargetChoice::All,
+            Some(Mode::Suite(_)) => TargetChoice::All,
             _ => TargetChoice::Server,
         })
     };
     let baseline = t.baseline_server.is_some();
-    let targets = match choice {
+    let mut targets = match choice {
         // Resuming needs sessions: only this tree's server has them.
-        _ if matches!(cli.command, Mode::Resume(_)) => vec![TargetKind::Server],
+        _ if matches!(cli.command, Some(Mode::Resume(_))) => vec![TargetKind::Server],
         TargetChoice::Server if baseline => vec![TargetKind::Server, TargetKind::Baseline],
         TargetChoice::Server => vec![TargetKind::Server],
         TargetChoice::Relay => vec![TargetKind::Relay],
@@ -518,13 +558,32 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         TargetChoice::All => vec![TargetKind::Server, TargetKind::Relay],
     };
+    if t.cluster {
+        match &cli.command {
+            None | Some(Mode::Fanout(_) | Mode::Openloop(_) | Mode::Join(_)) => {}
+            Some(_) => bail!("--cluster goes with fanout, openloop, join, or no command"),
+        }
+        if !targets.contains(&TargetKind::Server) {
+            targets.insert(0, TargetKind::Server);
+        }
+        targets.push(TargetKind::Cluster);
+    }
     if cfg!(debug_assertions) {
         tracing::warn!(
             "this is a debug build of chat-bench: the relay and the load generator are slow; \
              use target/release/chat-bench"
         );
     }
-    let most_clients = plan.iter().map(Workload::clients).max().unwrap_or(0);
+    let most_clients = plan
+        .iter()
+        .map(Workload::clients)
+        .max()
+        .unwrap_or(0)
+        .max(if comparison {
+            cli.comparison.cluster_clients
+        } else {
+            0
+        });
     let limit = procfs::raise_open_files_limit(most_clients as u64 + 256)?;
     tracing::debug!(limit, "open-files limit");
 
@@ -563,6 +622,9 @@ async fn run(cli: Cli) -> Result<bool> {
     )?;
 
     let mut rows = Vec::new();
+    if comparison {
+        rows = compare_cluster(&mut launcher, &cli.comparison, t.threads).await?;
+    }
     for workload in &plan {
         for &target in &targets {
             let row = measure(&mut launcher, workload, target, t.threads).await;
@@ -571,12 +633,13 @@ async fn run(cli: Cli) -> Result<bool> {
         }
     }
     report::add_ratios(&mut rows);
+    let summary = report::cluster_summary(&mut rows);
     let table = report::table(&rows);
     if t.json {
         print!("{}", report::json_lines(&rows));
-        eprint!("\n{table}");
+        eprint!("\n{table}{summary}");
     } else {
-        print!("\n{table}");
+        print!("\n{table}{summary}");
     }
     let all_ok = rows.iter().all(|r| r.ok);
     drop(launcher);
@@ -586,6 +649,66 @@ async fn run(cli: Cli) -> Result<bool> {
         eprintln!("server logs: {}", log_dir.display());
     }
     Ok(all_ok)
+}
+
+/// `chat-bench --cluster`: closed-loop fan-out against one node and against the cluster
+/// (clients spread over its nodes), then open-loop latency against both at
+/// `--cluster-load` of the one node's fan-out rate (and of the cluster's, when that is
+/// lower), the sender on the first node and the receivers on the others.
+async fn compare_cluster(
+    launcher: &mut Launcher,
+    args: &ComparisonArgs,
+    threads: Option<usize>,
+) -> Result<Vec<Row>> {
+    let duration = seconds(args.cluster_duration, "--cluster-duration")?;
+    if !(args.cluster_load.is_finite() && args.cluster_load > 0.0) {
+        bail!("--cluster-load must be a positive fraction");
+    }
+    let clients = args.cluster_clients;
+    let throughput = Workload::Fanout(FanoutParams {
+        clients,
+        senders: clients,
+        window: None,
+        duration,
+        text_len: 0,
+        connect_in_flight: 64,
+        pinned: false,
+    });
+    let mut rows = Vec::new();
+    for target in [TargetKind::Server, TargetKind::Cluster] {
+        let row = measure(launcher, &throughput, target, threads).await;
+        eprintln!("{}", progress(&row));
+        rows.push(row);
+    }
+    let one_node_max = match rows[0].rate {
+        Some(rate) if rows[0].error.is_none() && rate > 0.0 => rate,
+        _ => bail!("the one-node fan-out run failed; no rate to take a fraction of"),
+    };
+    // At the fraction of one node's maximum (the comparison asked for), and, when the
+    // cluster's own maximum is lower, also at that fraction of the cluster's: a load
+    // the cluster can carry, to see what crossing nodes adds when it is not saturated.
+    let mut rates = vec![one_node_max * args.cluster_load];
+    if let Some(cluster_max) = rows[1].rate.filter(|r| rows[1].error.is_none() && *r > 0.0)
+        && cluster_max < one_node_max
+    {
+        rates.push(cluster_max * args.cluster_load);
+    }
+    for rate in rates {
+        let latency = Workload::OpenLoop(OpenLoopParams {
+            clients,
+            senders: Some(1),
+            rate: rate.round(),
+            duration,
+            text_len: 0,
+            connect_in_flight: 64,
+        });
+        for target in [TargetKind::Server, TargetKind::Cluster] {
+            let row = measure(launcher, &latency, target, threads).await;
+            eprintln!("{}", progress(&row));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
 }
 
 /// Runs one workload against a fresh target; a failure becomes a failed row.

@@ -161,6 +161,64 @@ pub fn add_ratios(rows: &mut [Row]) {
     }
 }
 
+/// Compares every cluster row with the one-node (server) row of the same workload and
+/// parameters: adds `vs_one_node_rate` and, when both have latencies, `added_p50_us` and
+/// `added_p99_us` to the cluster row's extras, and returns a line per pair for people
+/// (empty without cluster rows).
+pub fn cluster_summary(rows: &mut [Row]) -> String {
+    let singles: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.target == TargetKind::Server)
+        .cloned()
+        .collect();
+    let mut out = String::new();
+    for row in rows.iter_mut().filter(|r| r.target == TargetKind::Cluster) {
+        let Some(one) = singles
+            .iter()
+            .find(|r| r.workload == row.workload && r.params == row.params)
+        else {
+            continue;
+        };
+        let mut parts = Vec::new();
+        if let (Some(cluster), Some(single)) = (row.rate, one.rate) {
+            parts.push(format!(
+                "{} {} vs {} on one node",
+                human(cluster),
+                row.unit,
+                human(single)
+            ));
+            if single > 0.0 {
+                row.extra("vs_one_node_rate", cluster / single);
+            }
+        }
+        for (name, cluster, single) in [
+            ("p50", row.p50_us, one.p50_us),
+            ("p99", row.p99_us, one.p99_us),
+        ] {
+            if let (Some(cluster), Some(single)) = (cluster, single) {
+                let added = cluster - single;
+                parts.push(format!(
+                    "{name} {cluster:.0} us vs {single:.0} us (added {added:.0} us)"
+                ));
+                row.extra(&format!("added_{name}_us"), added);
+            }
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(
+                out,
+                "cluster vs one node, {} {}: {}",
+                row.workload,
+                row.params_text(),
+                parts.join("; ")
+            );
+        }
+    }
+    if !out.is_empty() {
+        out.insert(0, '\n');
+    }
+    out
+}
+
 /// One JSON object per row, one per line.
 pub fn json_lines(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -326,6 +384,20 @@ mod tests {
         assert!((base_vs_relay.cpu.unwrap() - 3.0).abs() < 1e-9);
         assert!(rows[1].vs_baseline.is_none());
         assert!(rows[2].vs_relay.is_none());
+    }
+
+    #[test]
+    fn a_cluster_row_is_compared_with_one_node() {
+        let mut single = row(TargetKind::Server, 1000.0, 0.2);
+        single.p99_us = Some(500.0);
+        let mut cluster = row(TargetKind::Cluster, 800.0, 0.4);
+        cluster.p99_us = Some(1700.0);
+        let mut rows = vec![single, cluster];
+        let summary = cluster_summary(&mut rows);
+        assert!(summary.contains("added 1200 us"), "{summary}");
+        assert_eq!(rows[1].extra["added_p99_us"], 1200.0);
+        assert_eq!(rows[1].extra["vs_one_node_rate"], 0.8);
+        assert!(rows[0].extra.is_empty());
     }
 
     #[test]

@@ -103,8 +103,34 @@ pub struct Joined {
     pub expected_joined_events: u64,
 }
 
-/// Connects and joins clients `0..count`, at most `in_flight` at a time, handing each to
-/// `engine` as soon as it has joined.
+/// Which node of a cluster each client joins through (one server: all of them the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Client `i` on node `i % nodes`: the load spread evenly.
+    Spread,
+    /// Clients `0..senders` on the first node, the others spread over the other nodes,
+    /// so every delivery crosses from one node to another (through Redis).
+    SendersApart {
+        /// Clients that send.
+        senders: usize,
+    },
+}
+
+impl Placement {
+    /// The node (an index below `nodes`) client `index` joins through.
+    pub fn node(self, index: usize, nodes: usize) -> usize {
+        match self {
+            _ if nodes <= 1 => 0,
+            Self::Spread => index % nodes,
+            Self::SendersApart { senders } if index < senders => 0,
+            Self::SendersApart { senders } => 1 + (index - senders) % (nodes - 1),
+        }
+    }
+}
+
+/// Connects and joins clients `0..count`, at most `in_flight` at a time, each through
+/// the node of `nodes` that `placement` gives it, handing each to `engine` as soon as it
+/// has joined.
 ///
 /// `fresh_room` says the room started empty (the bench started the target): then the
 /// join broadcasts owed are `count * (count - 1) / 2`, whatever the replies list (the
@@ -112,19 +138,24 @@ pub struct Joined {
 pub async fn join_clients(
     state: &Arc<RunState>,
     engine: &Arc<Engine>,
-    endpoint: &Endpoint,
+    nodes: &[Endpoint],
+    placement: Placement,
     fresh_room: bool,
     count: usize,
     in_flight: usize,
 ) -> Result<Joined> {
+    if nodes.is_empty() {
+        bail!("no node to join through");
+    }
+    let nodes: Arc<[Endpoint]> = nodes.into();
     let next = Arc::new(AtomicUsize::new(0));
     let listed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..in_flight.clamp(1, count.max(1)) {
-        let (state, engine, endpoint, next, listed) = (
+        let (state, engine, nodes, next, listed) = (
             Arc::clone(state),
             Arc::clone(engine),
-            endpoint.clone(),
+            Arc::clone(&nodes),
             Arc::clone(&next),
             Arc::clone(&listed),
         );
@@ -136,7 +167,8 @@ pub async fn join_clients(
                     return Ok::<_, anyhow::Error>(latency);
                 }
                 let started = Instant::now();
-                let joined = match client::connect_and_join(&endpoint, index).await {
+                let endpoint = &nodes[placement.node(index, nodes.len())];
+                let joined = match client::connect_and_join(endpoint, index).await {
                     Ok(joined) => joined,
                     Err(e) => {
                         // No new joins once one has failed: the run is lost anyway.
@@ -246,7 +278,7 @@ pub fn finish(state: &RunState, engine: Arc<Engine>) -> Result<Totals> {
 
 /// Wall time and CPU time over a measured window.
 pub struct CpuWindow {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     started: Instant,
     server_cpu: Option<f64>,
     own_cpu: Option<f64>,
@@ -268,11 +300,12 @@ pub struct CpuSample {
 }
 
 impl CpuWindow {
-    /// Starts a window, reading the CPU time of `pid` (the target) and of the bench.
-    pub fn start(pid: Option<u32>) -> Self {
+    /// Starts a window, reading the CPU time of `pids` (the target's processes, summed)
+    /// and of the bench.
+    pub fn start(pids: &[u32]) -> Self {
         Self {
-            pid,
-            server_cpu: pid.and_then(|pid| procfs::cpu_seconds(pid).ok()),
+            pids: pids.to_vec(),
+            server_cpu: target_cpu_seconds(pids),
             own_cpu: procfs::own_cpu_seconds().ok(),
             machine_busy: procfs::machine_busy_seconds().ok(),
             started: Instant::now(),
@@ -282,10 +315,9 @@ impl CpuWindow {
     /// Ends the window.
     pub fn finish(&self) -> CpuSample {
         let elapsed = self.started.elapsed();
-        let server_cpu_s = match (self.pid, self.server_cpu) {
-            (Some(pid), Some(before)) => procfs::cpu_seconds(pid).ok().map(|now| now - before),
-            _ => None,
-        };
+        let server_cpu_s = self
+            .server_cpu
+            .and_then(|before| target_cpu_seconds(&self.pids).map(|now| now - before));
         let bench_cpu_s = self
             .own_cpu
             .and_then(|before| procfs::own_cpu_seconds().ok().map(|now| now - before));
@@ -300,5 +332,36 @@ impl CpuWindow {
             bench_cpu_s,
             other_cpu_s,
         }
+    }
+}
+
+/// The CPU seconds of every process of `pids`, summed; `None` when there are none or one
+/// cannot be read.
+fn target_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| procfs::cpu_seconds(pid).ok()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_node_takes_everyone() {
+        for index in 0..10 {
+            assert_eq!(Placement::Spread.node(index, 1), 0);
+            assert_eq!(Placement::SendersApart { senders: 1 }.node(index, 1), 0);
+        }
+    }
+
+    #[test]
+    fn senders_apart_keeps_every_receiver_off_the_senders_node() {
+        let placement = Placement::SendersApart { senders: 2 };
+        let nodes: Vec<usize> = (0..8).map(|i| placement.node(i, 3)).collect();
+        assert_eq!(nodes, [0, 0, 1, 2, 1, 2, 1, 2]);
+        let spread: Vec<usize> = (0..5).map(|i| Placement::Spread.node(i, 3)).collect();
+        assert_eq!(spread, [0, 1, 2, 0, 1]);
     }
 }

@@ -7,6 +7,10 @@
 //! - [`Workload::OpenLoop`]: a fixed offered rate of deliveries; a pacer thread schedules
 //!   sends on a timetable spread across the senders, and latency is measured from the
 //!   scheduled time, so a stalled target cannot hide its stall (no coordinated omission).
+//!
+//! Against a cluster (`--cluster`), fan-out and join spread the clients over the nodes;
+//! the open loop puts the senders on the first node and the receivers on the others, so
+//! its latency is that of a message crossing from one node to another.
 //! - [`Workload::Idle`]: the target's RSS per idle joined connection.
 //! - [`Workload::Join`]: joins per second and the target's CPU per join, each join
 //!   counted when it is answered and its broadcast has reached everyone already there.
@@ -23,7 +27,7 @@ use crate::launch::Running;
 use crate::probe;
 use crate::procfs;
 use crate::report::Row;
-use crate::run::{self, CpuSample, CpuWindow, RunState, Totals};
+use crate::run::{self, CpuSample, CpuWindow, Placement, RunState, Totals};
 use crate::stats::Percentiles;
 use crate::window::Window;
 
@@ -241,13 +245,14 @@ struct Room {
     joined: run::Joined,
 }
 
-/// Starts the generator and joins `clients` clients, `in_flight` at a time; with
-/// `settle`, also waits for every join broadcast.
+/// Starts the generator and joins `clients` clients, `in_flight` at a time, over the
+/// target's nodes by `placement`; with `settle`, also waits for every join broadcast.
 async fn fill_room(
     state: RunState,
     target: &Running,
     threads: usize,
     in_flight: usize,
+    placement: Placement,
     settle: bool,
 ) -> Result<Room> {
     let clients = state.clients;
@@ -256,7 +261,8 @@ async fn fill_room(
     let joined = run::join_clients(
         &state,
         &engine,
-        &target.endpoint,
+        &target.nodes(),
+        placement,
         target.fresh_room,
         clients,
         in_flight,
@@ -326,10 +332,17 @@ async fn fanout(p: &FanoutParams, target: &Running, threads: usize, row: &mut Ro
     let width = p.window.unwrap_or_else(|| default_window(senders));
     let window = Window::new(senders, width, clients - 1);
     let state = RunState::new(clients, senders, Some(window), threads);
-    let Room { state, engine, .. } =
-        fill_room(state, target, threads, p.connect_in_flight, true).await?;
+    let Room { state, engine, .. } = fill_room(
+        state,
+        target,
+        threads,
+        p.connect_in_flight,
+        Placement::Spread,
+        true,
+    )
+    .await?;
 
-    let cpu = CpuWindow::start(target.pid);
+    let cpu = CpuWindow::start(&target.pids());
     let deadline = Instant::now() + p.duration;
     engine.send(SendPlan::Closed {
         deadline,
@@ -380,10 +393,17 @@ async fn openloop(
     }
     let message_rate = p.rate / (clients - 1) as f64;
     let state = RunState::new(clients, senders, None, threads);
-    let Room { state, engine, .. } =
-        fill_room(state, target, threads, p.connect_in_flight, true).await?;
+    let Room { state, engine, .. } = fill_room(
+        state,
+        target,
+        threads,
+        p.connect_in_flight,
+        Placement::SendersApart { senders },
+        true,
+    )
+    .await?;
 
-    let cpu = CpuWindow::start(target.pid);
+    let cpu = CpuWindow::start(&target.pids());
     engine.send(SendPlan::Open {
         text_len: p.text_len,
     });
@@ -480,9 +500,10 @@ async fn idle(
         .context("idle needs the target's process id (let the bench start it, or --server-pid)")?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = procfs::rss_bytes(pid)?;
-    let cpu = CpuWindow::start(Some(pid));
+    let cpu = CpuWindow::start(&[pid]);
     let state = RunState::new(clients, 0, None, threads);
-    let Room { state, engine, .. } = fill_room(state, target, threads, in_flight, true).await?;
+    let Room { state, engine, .. } =
+        fill_room(state, target, threads, in_flight, Placement::Spread, true).await?;
     let sample = cpu.finish();
     tokio::time::sleep(settle).await;
     let after = procfs::rss_bytes(pid)?;
@@ -509,13 +530,13 @@ async fn join(
     row: &mut Row,
 ) -> Result<()> {
     let started = Instant::now();
-    let cpu = CpuWindow::start(target.pid);
+    let cpu = CpuWindow::start(&target.pids());
     let state = RunState::new(clients, 0, None, threads);
     let Room {
         state,
         engine,
         joined,
-    } = fill_room(state, target, threads, in_flight, true).await?;
+    } = fill_room(state, target, threads, in_flight, Placement::Spread, true).await?;
     let sample = cpu.finish();
     let took = started.elapsed();
     row.rss_kib = rss_kib(target);
