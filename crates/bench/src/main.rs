@@ -108,6 +108,11 @@ struct ComparisonArgs {
     /// on the others).
     #[arg(long, default_value_t = 100, value_name = "N")]
     cluster_clients: usize,
+    /// Senders of the latency runs of `chat-bench --cluster`, all on the first node (a
+    /// cluster node sends one session's says to Redis one after another, so a single
+    /// sender is limited by Redis's round trip).
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    cluster_senders: usize,
     /// Sending time of each run of `chat-bench --cluster`, seconds.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     cluster_duration: f64,
@@ -696,7 +701,7 @@ async fn compare_cluster(
     for rate in rates {
         let latency = Workload::OpenLoop(OpenLoopParams {
             clients,
-            senders: Some(1),
+            senders: Some(args.cluster_senders.max(1)),
             rate: rate.round(),
             duration,
             text_len: 0,
