@@ -12,6 +12,7 @@ use protocol::{
     ServerMessage, codec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
@@ -124,14 +125,25 @@ pub struct AsyncRaw {
     framing: LengthDelimitedCodec,
     channel: Option<Established>,
     plain: BytesMut,
+    /// Why the last read failed, when it failed rather than reaching the end.
+    read_error: Option<String>,
     /// Bytes written so far.
     pub bytes_sent: u64,
 }
 
 impl AsyncRaw {
     /// Opens a TCP connection to 127.0.0.1:`port`, nothing more.
+    /// The kernel picks the local port knowing the destination, as for any client
+    /// (binding first would pick it blindly, and thousands of connections a second can
+    /// then land on a pair of ports still in TIME_WAIT).
     pub async fn connect(port: u16) -> io::Result<AsyncRaw> {
-        Self::connect_from(std::net::Ipv4Addr::LOCALHOST, port).await
+        let stream = tokio::time::timeout(
+            WAIT,
+            TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        Self::over(stream)
     }
 
     /// Opens a TCP connection from the loopback address `from` (any of 127.0.0.0/8) to
@@ -142,6 +154,11 @@ impl AsyncRaw {
         let stream = tokio::time::timeout(WAIT, socket.connect(([127, 0, 0, 1], port).into()))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        Self::over(stream)
+    }
+
+    /// A client over an open connection.
+    fn over(stream: TcpStream) -> io::Result<AsyncRaw> {
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
         Ok(AsyncRaw {
@@ -151,6 +168,7 @@ impl AsyncRaw {
             framing: codec::framing(),
             channel: None,
             plain: BytesMut::new(),
+            read_error: None,
             bytes_sent: 0,
         })
     }
@@ -256,7 +274,12 @@ impl AsyncRaw {
         loop {
             let payload = match self.read_payload(WAIT).await {
                 Ok(Some(payload)) => payload,
-                Ok(None) => return Err("connection closed during the handshake".into()),
+                Ok(None) => {
+                    return Err(match self.read_error.take() {
+                        Some(e) => format!("connection failed during the handshake: {e}"),
+                        None => "connection closed during the handshake".into(),
+                    });
+                }
                 Err(e) => return Err(e),
             };
             match machine.on_frame(&payload) {
@@ -353,7 +376,11 @@ impl AsyncRaw {
             }
             match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.buf)).await {
                 Err(_) => return Err(format!("nothing from the server within {timeout:?}")),
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Err(e)) => {
+                    self.read_error = Some(e.to_string());
+                    return Ok(None);
+                }
                 Ok(Ok(_)) => {}
             }
         }

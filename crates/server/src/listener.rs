@@ -1,10 +1,11 @@
 //! The accept loop and graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +17,25 @@ use crate::history::History;
 use crate::registry::{self, RoomRules};
 
 /// Commands the registry's mailbox holds before readers wait.
+/// The accept queue asked for; the kernel caps it at `net.core.somaxconn` (4096 on
+/// current Linux). A mass reconnect brings thousands of connections within milliseconds;
+/// with tokio's default of 1024, the overflow is dropped by the kernel, and a client whose
+/// handshake completed on its side but never reached the queue can get a reset.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Listens on `addr` (address reuse on, as tokio's `TcpListener::bind` does) with an
+/// accept queue of [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 const REGISTRY_MAILBOX: usize = 4096;
 
 /// Serves the room on `listener` until `shutdown` resolves; then stops accepting, tells

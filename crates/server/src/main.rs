@@ -12,7 +12,6 @@ use anyhow::{Context, Result, bail};
 use chat_server::ServerConfig;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use protocol::NodeName;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The ExMessenger chat server: one chat room for every chat-client that knows the cookie.
@@ -163,8 +162,7 @@ fn main() -> Result<()> {
 
 async fn run_port_mapper(args: MapperArgs) -> Result<()> {
     let port = args.port.unwrap_or_else(portmap::mapper_port_from_env);
-    let listener = TcpListener::bind((args.bind, port))
-        .await
+    let listener = chat_server::listener::listen((args.bind, port).into())
         .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
     let port = listener.local_addr()?.port();
     let signals = ShutdownSignals::install()?;
@@ -194,8 +192,7 @@ async fn run_room(args: RoomArgs) -> Result<()> {
     .context("no usable cookie")?;
     let mut config = config_from(&args, name.clone(), cookie)?;
 
-    let listener = TcpListener::bind((args.bind, args.port))
-        .await
+    let listener = chat_server::listener::listen((args.bind, args.port).into())
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
     let port = listener.local_addr()?.port();
 
