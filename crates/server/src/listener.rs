@@ -16,7 +16,6 @@ use crate::connection::{self, Shared};
 use crate::history::History;
 use crate::registry::{self, RoomRules};
 
-/// Commands the registry's mailbox holds before readers wait.
 /// The accept queue asked for; the kernel caps it at `net.core.somaxconn` (4096 on
 /// current Linux). A mass reconnect brings thousands of connections within milliseconds;
 /// with tokio's default of 1024, the overflow is dropped by the kernel, and a client whose
@@ -36,6 +35,7 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Commands the registry's mailbox holds before readers wait.
 const REGISTRY_MAILBOX: usize = 4096;
 
 /// Serves the room on `listener` until `shutdown` resolves; then stops accepting, tells
