@@ -68,30 +68,9 @@ fn server_bin() -> PathBuf {
     server
 }
 
-#[test]
-fn fanout_against_server_baseline_and_relay_loses_nothing() {
-    let server = server_bin();
-    assert!(server.is_file(), "no chat-server at {}", server.display());
-    let mut command = Command::new(bench_bin());
-    command
-        .args([
-            "fanout",
-            "--clients",
-            "10",
-            "--duration",
-            "1",
-            "--target",
-            "all",
-        ])
-        .args(["--threads", "2", "--json"])
-        .arg("--server-bin")
-        .arg(&server);
-    // A version 1 build (scripts/build-baseline.sh) drives the bench's self-contained
-    // version 1 client end to end when CHAT_BASELINE_SERVER names one.
-    let baseline = std::env::var_os("CHAT_BASELINE_SERVER").map(PathBuf::from);
-    if let Some(baseline) = &baseline {
-        command.arg("--baseline-server").arg(baseline);
-    }
+/// Runs `command` to its end (killed after [`RUN_LIMIT`]), asserts it exited 0, and
+/// returns its standard output.
+fn run_to_success(mut command: Command) -> String {
     let mut child = Killed(
         command
             .stdin(Stdio::null())
@@ -128,6 +107,34 @@ fn fanout_against_server_baseline_and_relay_loses_nothing() {
         status.success(),
         "chat-bench failed ({status})\nstdout:\n{out}\nstderr:\n{err}"
     );
+    out
+}
+
+#[test]
+fn fanout_against_server_baseline_and_relay_loses_nothing() {
+    let server = server_bin();
+    assert!(server.is_file(), "no chat-server at {}", server.display());
+    let mut command = Command::new(bench_bin());
+    command
+        .args([
+            "fanout",
+            "--clients",
+            "10",
+            "--duration",
+            "1",
+            "--target",
+            "all",
+        ])
+        .args(["--threads", "2", "--json"])
+        .arg("--server-bin")
+        .arg(&server);
+    // A version 1 build (scripts/build-baseline.sh) drives the bench's self-contained
+    // version 1 client end to end when CHAT_BASELINE_SERVER names one.
+    let baseline = std::env::var_os("CHAT_BASELINE_SERVER").map(PathBuf::from);
+    if let Some(baseline) = &baseline {
+        command.arg("--baseline-server").arg(baseline);
+    }
+    let out = run_to_success(command);
     let rows: Vec<serde_json::Value> = out
         .lines()
         .map(|line| serde_json::from_str(line).expect("every stdout line is JSON"))
@@ -152,4 +159,83 @@ fn fanout_against_server_baseline_and_relay_loses_nothing() {
     }
     let server_row = rows.iter().find(|r| r["target"] == "server").unwrap();
     assert!(server_row["vs_relay"]["rate"].is_number(), "{server_row}");
+}
+
+/// Whether `redis-server` can be run here; without it the cluster smoke test is skipped,
+/// unless `CHAT_REQUIRE_REDIS` is set (CI sets it), when it fails.
+fn redis_available(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CHAT_REQUIRE_REDIS").is_none(),
+            "redis-server is not installed and CHAT_REQUIRE_REDIS is set"
+        );
+        eprintln!("skipped {test}: redis-server is not installed");
+    }
+    found
+}
+
+#[test]
+fn cluster_against_one_node_loses_nothing_and_reports_the_added_latency() {
+    if !redis_available("cluster_against_one_node_loses_nothing_and_reports_the_added_latency") {
+        return;
+    }
+    let server = server_bin();
+    let mut command = Command::new(bench_bin());
+    // A light load: what is checked is that every message arrives, not how fast.
+    command
+        .args([
+            "--cluster",
+            "--cluster-clients",
+            "6",
+            "--cluster-duration",
+            "0.5",
+        ])
+        .args(["--cluster-load", "0.002", "--threads", "2", "--json"])
+        .arg("--server-bin")
+        .arg(&server);
+    let out = run_to_success(command);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every stdout line is JSON"))
+        .collect();
+    let runs: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap(),
+                r["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        &runs[..4],
+        [
+            ("fanout", "server"),
+            ("fanout", "cluster"),
+            ("openloop", "server"),
+            ("openloop", "cluster"),
+        ],
+        "{out}"
+    );
+    for row in &rows {
+        assert_eq!(row["ok"], true, "{row}");
+        assert_eq!(row["loss"], 0, "{row}");
+        assert_eq!(row["reorders"], 0, "{row}");
+    }
+    let cluster_latency = &rows[3];
+    assert!(
+        cluster_latency["extra"]["added_p99_us"].is_number(),
+        "{cluster_latency}"
+    );
+    assert!(
+        rows[1]["extra"]["vs_one_node_rate"].is_number(),
+        "{}",
+        rows[1]
+    );
 }
