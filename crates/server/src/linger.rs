@@ -18,12 +18,17 @@ use tokio_util::sync::CancellationToken;
 /// Most bytes read and thrown away while lingering; a peer sending more is cut off.
 const LINGER_DRAIN: usize = 256 * 1024;
 
+/// Bytes read at once while lingering.
+const LINGER_READ: usize = 4096;
+
 /// Reads and discards from `socket` until the peer closes or [`LINGER_DRAIN`] bytes have
 /// been read, and waits for the writer to end (it cancels `stop` when done); at most
 /// `limit` in all. Then cancels `stop`, ending the writer if it is still there.
 pub async fn drain_then_stop(mut socket: OwnedReadHalf, limit: Duration, stop: &CancellationToken) {
     let drain = async {
-        let mut scratch = [0u8; 4096];
+        // On the heap, and only now: an array here would be part of every connection's
+        // task for its whole life, since this future is inlined in the session's.
+        let mut scratch = vec![0u8; LINGER_READ];
         let mut left = LINGER_DRAIN;
         while left > 0 {
             match socket.read(&mut scratch).await {
