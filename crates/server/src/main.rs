@@ -2,7 +2,9 @@
 //!
 //! Start-up: resolve the node name and cookie, bind the listener, make sure a port mapper
 //! answers on this host (starting one detached if not, as `erl` starts epmd), register
-//! there, print the ready line, serve until SIGINT/SIGTERM.
+//! there, print the ready line, serve until SIGINT/SIGTERM. A failure is one line on
+//! standard error and exit status 1 ([`chat_node::report`]); a bad flag or node name is
+//! a usage error, exit status 2.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -55,11 +57,13 @@ struct MapperArgs {
 #[derive(Args)]
 struct RoomArgs {
     /// Long node name, alive@host (e.g. server@192.168.1.13 or server@localhost).
-    #[arg(long, conflicts_with = "sname", value_name = "ALIVE@HOST")]
-    name: Option<String>,
+    #[arg(long, conflicts_with = "sname", value_name = "ALIVE@HOST",
+          value_parser = NodeName::parse_long)]
+    name: Option<NodeName>,
     /// Short node name; the host is this machine's short host name.
-    #[arg(long, default_value = "server", value_name = "ALIVE")]
-    sname: String,
+    #[arg(long, default_value = "server", value_name = "ALIVE",
+          value_parser = NodeName::parse_short)]
+    sname: NodeName,
     /// The shared secret (visible to other local users; prefer CHAT_COOKIE or a file).
     #[arg(long)]
     cookie: Option<String>,
@@ -131,46 +135,68 @@ struct RoomArgs {
     no_erlang: bool,
 }
 
-fn main() -> Result<()> {
+fn main() {
     chat_node::logging::init("info");
     let cli = Cli::parse();
     if let Some(shell) = cli.completions {
-        return chat_node::docs::print_completions(Cli::command(), shell)
-            .context("cannot write the completions");
+        let written = chat_node::docs::print_completions(Cli::command(), shell);
+        done(written.context("Could not write the completion script"));
     }
     if cli.manpage {
-        return chat_node::docs::print_manpage(Cli::command()).context("cannot write the man page");
+        let written = chat_node::docs::print_manpage(Cli::command());
+        done(written.context("Could not write the man page"));
     }
     chat_server::memory::tune_allocator();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => chat_node::report::fail(
+            anyhow::Error::new(e)
+                .context("Could not start chat-server: cannot start the async runtime")
+                .as_ref(),
+        ),
+    };
     let result = match cli.command {
         Some(Mode::PortMapper(args)) => runtime.block_on(run_port_mapper(args)),
-        None => runtime.block_on(run_room(cli.room)),
+        None => runtime
+            .block_on(run_room(cli.room))
+            .context("Could not start chat-server"),
     };
     // Do not wait for connections stuck on a dead peer after the grace period.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    result
+    done(result)
+}
+
+/// Exits: 0 on success, else 1 after saying why in one line (no backtrace).
+fn done(result: Result<()>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => chat_node::report::fail(e.as_ref()),
+    }
+}
+
+/// Ends the process with a usage error (exit status 2), as clap does for a bad flag.
+fn usage_error(message: impl std::fmt::Display) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, message)
+        .exit()
 }
 
 async fn run_port_mapper(args: MapperArgs) -> Result<()> {
     let port = args.port.unwrap_or_else(portmap::mapper_port_from_env);
     let listener = TcpListener::bind((args.bind, port))
         .await
-        .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
+        .with_context(|| format!("cannot listen on {}:{port}", args.bind))
+        .context("Could not start the port mapper")?;
     let port = listener.local_addr()?.port();
-    let signals = ShutdownSignals::install()?;
+    let signals = ShutdownSignals::install().context("Could not start the port mapper")?;
     println!("port mapper ready on port {port}");
     portmap::serve(listener, signals.received())
         .await
-        .context("port mapper failed")
+        .context("The port mapper stopped")
 }
 
 async fn run_room(args: RoomArgs) -> Result<()> {
-    let name = match &args.name {
-        Some(long) => NodeName::parse_long(long),
-        None => NodeName::parse_short(&args.sname),
-    }
-    .context("invalid node name")?;
+    let name = args.name.clone().unwrap_or_else(|| args.sname.clone());
     if args.cookie.is_some() {
         tracing::warn!(
             "a cookie given with --cookie is visible to other local users (ps); prefer CHAT_COOKIE or --cookie-file"
@@ -181,9 +207,8 @@ async fn run_room(args: RoomArgs) -> Result<()> {
         args.cookie.as_deref(),
         env_cookie.as_deref(),
         args.cookie_file.as_deref(),
-    )
-    .context("no usable cookie")?;
-    let mut config = config_from(&args, name.clone(), cookie)?;
+    )?;
+    let mut config = config_from(&args, name.clone(), cookie).unwrap_or_else(|e| usage_error(e));
 
     let listener = TcpListener::bind((args.bind, args.port))
         .await
@@ -242,22 +267,33 @@ async fn run_room(args: RoomArgs) -> Result<()> {
     Ok(())
 }
 
-fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Result<ServerConfig> {
-    let seconds = |value: f64, flag: &str| -> Result<Duration> {
+/// The server's configuration from the flags; `Err` says which flag has an impossible
+/// value (a usage error).
+fn config_from(
+    args: &RoomArgs,
+    name: NodeName,
+    cookie: protocol::Cookie,
+) -> Result<ServerConfig, String> {
+    let seconds = |value: f64, flag: &str| -> Result<Duration, String> {
         if value.is_finite() && value > 0.0 {
             Ok(Duration::from_secs_f64(value))
         } else {
-            bail!("{flag} must be a positive number of seconds, not {value}")
+            Err(format!(
+                "{flag} must be a positive number of seconds, not {value}"
+            ))
         }
     };
     if !(args.rate.is_finite() && args.rate > 0.0) {
-        bail!("--rate must be a positive number, not {}", args.rate);
+        return Err(format!(
+            "--rate must be a positive number, not {}",
+            args.rate
+        ));
     }
     if args.max_text == 0 || args.max_text > protocol::limits::MAX_FRAME_LEN / 2 {
-        bail!(
+        return Err(format!(
             "--max-text must be between 1 and {} bytes",
             protocol::limits::MAX_FRAME_LEN / 2
-        );
+        ));
     }
     let mut config = ServerConfig::new(name, cookie);
     config.tick = seconds(args.tick, "--tick")?;
@@ -268,24 +304,27 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.auth_failures = args.auth_failures.max(1);
     config.auth_retry = seconds(args.auth_retry, "--auth-retry")?;
     if !(args.pm_rate.is_finite() && args.pm_rate > 0.0) {
-        bail!("--pm-rate must be a positive number, not {}", args.pm_rate);
+        return Err(format!(
+            "--pm-rate must be a positive number, not {}",
+            args.pm_rate
+        ));
     }
     config.pm_rate_per_sec = args.pm_rate;
     config.pm_burst = args.pm_burst.max(1);
     config.max_text_len = args.max_text;
     config.send_queue_frames = args.send_queue.max(1);
     if args.send_queue_bytes < protocol::limits::MAX_FRAME_LEN + 4 {
-        bail!(
+        return Err(format!(
             "--send-queue-bytes must hold at least one whole frame ({} bytes)",
             protocol::limits::MAX_FRAME_LEN + 4
-        );
+        ));
     }
     config.send_queue_bytes = args.send_queue_bytes;
     if args.history_events == 0 || args.history_bytes < protocol::limits::MAX_FRAME_LEN + 4 {
-        bail!(
+        return Err(format!(
             "--history must keep at least one event and --history-bytes at least one whole frame ({} bytes)",
             protocol::limits::MAX_FRAME_LEN + 4
-        );
+        ));
     }
     config.resume_window = seconds(args.resume_window, "--resume-window")?;
     config.history_events = args.history_events;
