@@ -4,6 +4,7 @@
 //! SIGHUP as a clean leave.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use chat_tests::chaos::memory;
 use chat_tests::{COOKIE, Ctx, Incoming, LONG, RawClient, Signal, Stream, WAIT};
@@ -174,6 +175,36 @@ fn pings_count_against_the_flood_limit() {
             Incoming::Message(_) => {}
             Incoming::Closed => panic!("closed without saying why"),
             Incoming::TimedOut => panic!("40 pings in a row were all answered"),
+        }
+    }
+    assert!(slowed, "no slow-down before the disconnect");
+}
+
+/// A flooder that keeps sending after it is cut off, and reads only at the end, still
+/// finds out why: the server reads and discards until it hangs up rather than closing on
+/// unread bytes (which resets the connection and can destroy the last lines).
+#[test]
+fn a_kicked_flooder_still_reads_why_it_was_kicked() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &["--rate", "1", "--burst", "5"]);
+    let (mut flooder, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "flooder");
+    for _ in 0..60 {
+        if flooder.try_send(&ClientMessage::Ping, WAIT).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut slowed = false;
+    loop {
+        match flooder.recv(WAIT) {
+            Incoming::Message(ServerMessage::Reply(Reply::SlowDown)) => slowed = true,
+            Incoming::Message(ServerMessage::Closing { reason }) => {
+                assert_eq!(reason, LeaveReason::Flooding);
+                break;
+            }
+            Incoming::Message(_) => {}
+            Incoming::Closed => panic!("closed without saying why"),
+            Incoming::TimedOut => panic!("60 pings in a row were all answered"),
         }
     }
     assert!(slowed, "no slow-down before the disconnect");

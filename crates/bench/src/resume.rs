@@ -5,8 +5,9 @@
 //! It reports how long it takes until every client has resumed and received exactly
 //! what was said while it was away (each message once, in order), and the server's
 //! resident memory before, at its peak during the resume, and after. A client told the
-//! server is full (the handshake pool has room for 128 handshakes from one address)
-//! tries again after a short pause, as chat-client does.
+//! server is full (the handshake pool has room for 128 handshakes from one address), or
+//! whose connection is reset or closed before the handshake ends, tries again after a
+//! short pause, as chat-client does; the retries are counted.
 //!
 //! This workload speaks the current protocol only, through the protocol crate's own
 //! client handshake and codec: it measures the server's resume path, not the generator.
@@ -38,18 +39,27 @@ type Session = Framed<TcpStream, SecureCodec<ServerMessage>>;
 /// How long one step (a join, a resume with its replay) may take.
 const STEP_LIMIT: Duration = Duration::from_secs(60);
 
-/// Pause before a client told the server is full tries again.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// First pause before a client told the server is full tries again; it doubles up to
+/// [`RETRY_MAX`], with jitter, as chat-client's backoff does (shorter: a bench waits).
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Longest pause between tries.
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// Joins at once while the room fills.
 const JOINS_IN_FLIGHT: usize = 100;
+
+/// Resumes in progress at once. Every client wants back at the same moment, but they
+/// all live in this one process on the server's machine: thousands of handshakes at
+/// once would starve each other here (a client too slow to answer the server's challenge
+/// within its timeout counts as a failed guess of the cookie), which real clients on
+/// their own machines are not.
+const RESUMES_IN_FLIGHT: usize = 256;
 
 /// A joined client, as it was when its link was cut.
 struct Away {
     /// The client's number.
     index: usize,
-    /// The cut connection, kept open and never read again.
-    cut: Session,
     /// Its session.
     ticket: SessionTicket,
     /// The room's epoch.
@@ -63,8 +73,6 @@ pub async fn run(clients: usize, said: usize, target: &Running, row: &mut Row) -
     let server = NodeName::parse_long(&endpoint.server_name).context("the server's name")?;
     let cookie = Cookie::new(&endpoint.cookie).context("the cookie is empty")?;
 
-    // One speaker stays connected and says what the others miss.
-    let (mut speaker, _) = join(addr, &server, &cookie, usize::MAX).await?;
     let gate = Arc::new(Semaphore::new(JOINS_IN_FLIGHT));
     let joins: Vec<_> = (0..clients)
         .map(|index| {
@@ -92,6 +100,9 @@ pub async fn run(clients: usize, said: usize, target: &Running, row: &mut Row) -
             epoch,
         )));
     }
+    // One speaker, joined last (nothing reads it while the crowd joins), says what the
+    // others miss.
+    let (mut speaker, _) = join(addr, &server, &cookie, usize::MAX).await?;
     // The clients say they saw everything up to the speaker's line after the last join
     // (whether or not their readers got to it before the cut, nothing after it is
     // missing from what the resume must replay).
@@ -99,9 +110,14 @@ pub async fn run(clients: usize, said: usize, target: &Running, row: &mut Row) -
 
     // The cut: every client stops reading, and nothing is said on its socket.
     let _ = cut_tx.send(true);
+    // The cut connections stay open, unread, until their client has resumed: closing one
+    // before would be a departure the others see.
     let mut away = Vec::with_capacity(clients);
+    let mut cut = Vec::with_capacity(clients);
     for task in reading {
-        away.push(task.await.context("a reading task panicked")??);
+        let (client, session) = task.await.context("a reading task panicked")??;
+        away.push(client);
+        cut.push(session);
     }
     let before = procfs::rss_bytes(target.pid.context("the server's pid is unknown")?)?;
     for k in 0..said {
@@ -112,31 +128,53 @@ pub async fn run(clients: usize, said: usize, target: &Running, row: &mut Row) -
     let sampling = tokio::spawn(sample_peak(target.pid, peak.clone()));
     let started = Instant::now();
     let retries = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(Semaphore::new(RESUMES_IN_FLIGHT));
     let resumes: Vec<_> = away
         .into_iter()
-        .map(|client| {
+        .zip(cut)
+        .map(|(client, cut)| {
             let (server, cookie, retries) = (server.clone(), cookie.clone(), retries.clone());
+            let gate = gate.clone();
             tokio::spawn(async move {
-                tokio::time::timeout(
+                let _permit = gate.acquire_owned().await;
+                let resumed = tokio::time::timeout(
                     STEP_LIMIT,
                     resume(addr, &server, &cookie, client, last_seen, said, &retries),
                 )
                 .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("left hanging")))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("left hanging")));
+                // Once its session is back the cut link is already closed by the server
+                // and can go; a client that failed keeps it, as a silent cut would.
+                match resumed {
+                    Ok(done) => Ok(done),
+                    Err(e) => Err((e, cut)),
+                }
             })
         })
         .collect();
     let mut failures = Vec::new();
     let mut latest = Duration::ZERO;
+    // Resumed sessions stay open until all have resumed: one that left would be an event
+    // the later ones missed.
+    let mut back = Vec::with_capacity(clients);
+    let mut still_cut = Vec::new();
     for task in resumes {
         match task.await.context("a resume task panicked")? {
-            Ok(took) => latest = latest.max(took),
-            Err(e) => failures.push(format!("{e:#}")),
+            Ok((took, session)) => {
+                latest = latest.max(took);
+                back.push(session);
+            }
+            Err((e, cut)) => {
+                failures.push(format!("{e:#}"));
+                still_cut.push(cut);
+            }
         }
     }
     let all_resumed = started.elapsed();
     sampling.abort();
     let after = procfs::rss_bytes(target.pid.unwrap_or_default()).unwrap_or_default();
+    drop(back);
+    drop(still_cut);
 
     row.rate = Some(clients as f64 / all_resumed.as_secs_f64());
     row.elapsed_s = Some(all_resumed.as_secs_f64());
@@ -144,7 +182,7 @@ pub async fn run(clients: usize, said: usize, target: &Running, row: &mut Row) -
     row.extra("all_resumed_s", all_resumed.as_secs_f64());
     row.extra("slowest_resume_s", latest.as_secs_f64());
     row.extra("missed_per_client", said as u64);
-    row.extra("retries_server_full", retries.load(Ordering::Relaxed));
+    row.extra("retries", retries.load(Ordering::Relaxed));
     row.extra("rss_before_kib", before / 1024);
     row.extra("rss_peak_kib", peak.load(Ordering::Relaxed) / 1024);
     row.other_errors = failures.len() as u64;
@@ -163,15 +201,17 @@ async fn read_until_cut(
     index: usize,
     ticket: SessionTicket,
     epoch: u64,
-) -> Result<Away> {
+) -> Result<(Away, Session)> {
     loop {
         if *cut.borrow_and_update() {
-            return Ok(Away {
-                index,
-                cut: session,
-                ticket,
-                epoch,
-            });
+            return Ok((
+                Away {
+                    index,
+                    ticket,
+                    epoch,
+                },
+                session,
+            ));
         }
         tokio::select! {
             // Any change is the cut; the loop looks again.
@@ -202,8 +242,9 @@ async fn sample_peak(pid: Option<u32>, peak: Arc<AtomicU64>) {
 
 /// Why opening a session failed.
 enum OpenError {
-    /// The server is full for now: try again.
-    Full,
+    /// The server is full for now, or the connection was reset before the handshake
+    /// finished (as a crowd of refused connections can be): try again.
+    Again,
     /// Anything else.
     Other(anyhow::Error),
 }
@@ -215,7 +256,19 @@ async fn open(
     cookie: &Cookie,
     index: usize,
 ) -> Result<Session, OpenError> {
-    let other = |e: anyhow::Error| OpenError::Other(e);
+    let other = |e: anyhow::Error| {
+        let reset = e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        });
+        if reset {
+            OpenError::Again
+        } else {
+            OpenError::Other(e)
+        }
+    };
     let own = NodeName::parse_long(&format!("bench-resume{index}@localhost"))
         .map_err(|e| other(e.into()))?;
     let mut tcp = TcpStream::connect(addr)
@@ -232,7 +285,7 @@ async fn open(
         let payload = match framed.next().await {
             Some(Ok(payload)) => payload,
             Some(Err(e)) => return Err(other(e.into())),
-            None => return Err(other(anyhow::anyhow!("closed during the handshake"))),
+            None => return Err(OpenError::Again),
         };
         match machine.on_frame(&payload) {
             Ok(ClientStep::Send(reply)) => framed
@@ -244,7 +297,7 @@ async fn open(
                 return Ok(framed.map_codec(|_| SecureCodec::new(*channel)));
             }
             Err(HandshakeError::Refused(RefuseReason::ServerFull)) => {
-                return Err(OpenError::Full);
+                return Err(OpenError::Again);
             }
             Err(e) => return Err(other(e.into())),
         }
@@ -259,12 +312,15 @@ async fn open_retrying(
     index: usize,
     retries: &AtomicU64,
 ) -> Result<Session> {
+    let mut pause = RETRY_PAUSE;
     loop {
         match open(addr, server, cookie, index).await {
             Ok(session) => return Ok(session),
-            Err(OpenError::Full) => {
+            Err(OpenError::Again) => {
                 retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(RETRY_PAUSE).await;
+                let jitter = rand::random_range(0.5..1.5);
+                tokio::time::sleep(pause.mul_f64(jitter)).await;
+                pause = (pause * 2).min(RETRY_MAX);
             }
             Err(OpenError::Other(e)) => return Err(e),
         }
@@ -335,7 +391,7 @@ async fn say_acknowledged(session: &mut Session, id: u64, text: &str) -> Result<
 }
 
 /// Resumes `client` from `last_seen` and checks that exactly the `said` messages follow,
-/// each once, in order. Returns how long it took.
+/// each once, in order. Returns how long it took, and the resumed session.
 async fn resume(
     addr: SocketAddr,
     server: &NodeName,
@@ -344,7 +400,7 @@ async fn resume(
     last_seen: u64,
     said: usize,
     retries: &AtomicU64,
-) -> Result<Duration> {
+) -> Result<(Duration, Session)> {
     let start = Instant::now();
     let mut session = open_retrying(addr, server, cookie, client.index, retries).await?;
     session
@@ -392,8 +448,5 @@ async fn resume(
             None => bail!("r{}: closed during the replay", client.index),
         }
     }
-    let took = start.elapsed();
-    // The cut link is replaced by now; let it go.
-    drop(client.cut);
-    Ok(took)
+    Ok((start.elapsed(), session))
 }

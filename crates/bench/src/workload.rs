@@ -123,9 +123,9 @@ impl Workload {
         match self {
             Self::Fanout(p) => p.clients,
             Self::OpenLoop(p) => p.clients,
-            Self::Idle { clients, .. }
-            | Self::Join { clients, .. }
-            | Self::Resume { clients, .. } => *clients,
+            Self::Idle { clients, .. } | Self::Join { clients, .. } => *clients,
+            // The cut connections and the resuming ones overlap.
+            Self::Resume { clients, .. } => clients + (*clients).min(1024),
         }
     }
 

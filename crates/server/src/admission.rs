@@ -124,12 +124,16 @@ pub struct PoolSlot {
     key: Key,
 }
 
-/// A key exchange in flight. Dropped without [`Exchange::free`], it counts as a
-/// failed guess of the cookie.
+/// A key exchange in flight. Dropped without [`Exchange::free`] once the server's
+/// challenge went out ([`Exchange::challenge_sent`]), it counts as a failed guess of the
+/// cookie: the challenge lets its receiver test one guess offline. Dropped before that
+/// (a client that timed out waiting for its turn, or hung up after its hello), it cost
+/// nothing: no guess could be tested.
 pub struct Exchange {
     admission: Arc<Admission>,
     key: Key,
     succeeded: bool,
+    guessed: bool,
 }
 
 impl Admission {
@@ -217,6 +221,7 @@ impl Admission {
                         admission: Arc::clone(self),
                         key,
                         succeeded: false,
+                        guessed: false,
                     });
                 }
                 if entry.exchanging == 0 {
@@ -265,11 +270,18 @@ impl Exchange {
     pub fn free(mut self) {
         self.succeeded = true;
     }
+
+    /// Records that the server's challenge (its key-exchange message and proof) is
+    /// about to go out: from now on, ending without a proven cookie is a failed guess.
+    pub fn challenge_sent(&mut self) {
+        self.guessed = true;
+    }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.admission.end_exchange(self.key, !self.succeeded);
+        self.admission
+            .end_exchange(self.key, self.guessed && !self.succeeded);
     }
 }
 
@@ -310,8 +322,8 @@ mod tests {
         for _ in 0..5 {
             admission.exchange(A).await.unwrap().free();
         }
-        drop(admission.exchange(A).await.unwrap());
-        drop(admission.exchange(A).await.unwrap());
+        failed(admission.exchange(A).await.unwrap());
+        failed(admission.exchange(A).await.unwrap());
         assert!(admission.exchange(A).await.is_none(), "a third failure");
         assert!(admission.exchange(B).await.is_some(), "another address");
     }
@@ -323,9 +335,27 @@ mod tests {
         let wave: Vec<_> = futures_wave(&admission, 10).await;
         assert_eq!(wave.len(), 10);
         // All fail: a debt of eight, so nothing more for a long while.
-        drop(wave);
+        wave.into_iter().for_each(failed);
         assert!(admission.exchange(A).await.is_none());
         assert!(admission.lock().entries[&Key::Addr(A)].tokens < -7.9);
+    }
+
+    /// Ends an exchange whose challenge went out without a proven cookie.
+    fn failed(mut exchange: Exchange) {
+        exchange.challenge_sent();
+        drop(exchange);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_that_ends_before_its_challenge_costs_nothing() {
+        let admission = admission(1, 3600);
+        for _ in 0..10 {
+            // A client that timed out waiting for its turn, or hung up after its hello.
+            drop(admission.exchange(A).await.unwrap());
+        }
+        assert!(admission.exchange(A).await.is_some(), "no guess was made");
+        failed(admission.exchange(A).await.unwrap());
+        assert!(admission.exchange(A).await.is_none(), "one guess was made");
     }
 
     async fn futures_wave(admission: &Arc<Admission>, n: usize) -> Vec<Exchange> {
@@ -344,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_failure_parallel_exchanges_cannot_exceed_the_tokens() {
         let admission = admission(3, 3600);
-        drop(admission.exchange(A).await.unwrap());
+        failed(admission.exchange(A).await.unwrap());
         // Two tokens left: two at once, a third waits.
         let first = admission.exchange(A).await.unwrap();
         let second = admission.exchange(A).await.unwrap();
@@ -354,11 +384,11 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        drop(first);
+        failed(first);
         // One token and one in flight: still no room, the waiter waits.
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        drop(second);
+        failed(second);
         // No token left and nothing in flight: the waiter must give up.
         assert!(!waiting.await.unwrap());
     }

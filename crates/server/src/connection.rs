@@ -39,6 +39,7 @@ use crate::admission::{Admission, Limits, PoolFull};
 use crate::config::ServerConfig;
 use crate::history::History;
 use crate::inbound::Inbound;
+use crate::linger;
 use crate::log_limit::LogLimiter;
 use crate::peer::{NativePeer, Peer};
 use crate::rate_limit::{TokenBucket, Verdict};
@@ -342,11 +343,16 @@ async fn open(stream: &mut TcpStream, addr: SocketAddr, shared: &Shared) -> Opti
         }
         match machine.on_frame(&payload) {
             ServerStep::Send(reply) => {
-                if !machine.exchanged_keys() {
+                match exchange.as_mut() {
+                    // The challenge: whoever receives it can test one guess offline.
+                    Some(exchange) if machine.exchanged_keys() => exchange.challenge_sent(),
                     // Refused before any key exchange: no guess was made.
-                    if let Some(exchange) = exchange.take() {
-                        exchange.free();
+                    Some(_) => {
+                        if let Some(exchange) = exchange.take() {
+                            exchange.free();
+                        }
                     }
+                    None => {}
                 }
                 stream.write_all(&reply).await.ok()?;
             }
@@ -464,6 +470,7 @@ async fn session(
     };
     tracing::info!(%addr, node = %peer.node(), reason = reason.describe(), "disconnected");
     registry.send(Command::Detach { id, reason }).await;
+    linger::drain_then_stop(frames.into_socket(), config.handshake_timeout, &stop).await;
 }
 
 /// Decides what a read error means. Protocol violations are told to the client and end

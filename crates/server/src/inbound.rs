@@ -42,6 +42,12 @@ impl Inbound {
         }
     }
 
+    /// The socket back, for the lingering close ([`crate::linger`]); bytes read but not
+    /// yet decoded are dropped.
+    pub fn into_socket(self) -> OwnedReadHalf {
+        self.socket
+    }
+
     /// The next message; `None` at the end of the stream. Cancel-safe: all state lives in
     /// `self`, so it can be raced against other events in `select!`.
     pub async fn next(&mut self) -> Option<Result<ClientMessage, CodecError>> {

@@ -24,6 +24,7 @@ pub mod connection;
 pub mod erlang;
 pub mod history;
 pub mod inbound;
+pub mod linger;
 pub mod listener;
 pub mod log_limit;
 pub mod mapper;

@@ -27,6 +27,7 @@ use crate::config::ServerConfig;
 use crate::connection::Shared;
 use crate::erlang::link::Link;
 use crate::erlang::message_server::{MessageServer, Stop};
+use crate::linger;
 use crate::writer::{self, Encoding, Pipe};
 
 /// Bytes reserved for each read.
@@ -210,6 +211,7 @@ async fn session(
     };
     tracing::info!(%addr, node = %link.node(), reason = reason.describe(), "Erlang node disconnected");
     server.detach_all(reason).await;
+    linger::drain_then_stop(frames.socket, config.handshake_timeout, &stop).await;
 }
 
 /// Why reading a frame failed.
