@@ -18,6 +18,10 @@ use crate::{LONG, WAIT, bins};
 /// The cookie tests use unless they say otherwise.
 pub const COOKIE: &str = "integration-test-cookie";
 
+/// How the client starts the list of users, in the join banner and the `/users` answer
+/// alike; the list ends with ` *`.
+pub const USERS: &str = "* Users in the room: ";
+
 /// A directory removed (with its contents) on drop.
 pub struct TempDir {
     path: PathBuf,
@@ -438,6 +442,7 @@ impl ClientBuilder<'_> {
             nick: self.nick,
             own_name: self.own_name,
             server: server_node,
+            original: false,
         }
     }
 
@@ -529,17 +534,29 @@ pub struct Client {
     nick: String,
     own_name: Option<String>,
     server: String,
+    /// The original (Elixir) client, whose `/users` answer is `S> server: users: a, b`.
+    original: bool,
 }
 
 impl Client {
-    /// Wraps a process that behaves like a chat client on its standard streams (such as
-    /// the Elixir ExMessenger client, which prints the same lines).
+    /// Wraps the Elixir ExMessenger client, which prints the same lines except for the
+    /// answer to `/users` (the original's `S> server: users: a, b`).
     pub fn wrap(proc: Proc, nick: &str, own_name: Option<String>, server: &str) -> Client {
         Client {
             proc,
             nick: nick.to_string(),
             own_name,
             server: server.to_string(),
+            original: true,
+        }
+    }
+
+    /// What starts the answer to `/users`, and what ends its list.
+    fn users_marker(&self) -> (String, &'static str) {
+        if self.original {
+            (format!("{}> server: users: ", self.server), "")
+        } else {
+            (USERS.to_string(), " *")
         }
     }
 
@@ -558,13 +575,13 @@ impl Client {
         &self.server
     }
 
-    /// Waits for the three banner lines, in order, and returns the users in the room as
-    /// the banner lists them (in the order printed).
+    /// Waits for the banner lines, in order, and returns the users in the room as the
+    /// banner lists them (in the order printed). The hint to `/help` that follows the
+    /// first join of a process is not waited for.
     #[track_caller]
     pub fn expect_banner(&mut self) -> Vec<String> {
         self.proc.expect_line("* Joined the chatroom *", LONG);
         let users = self.proc.expect_line("* Users in the room: ", WAIT);
-        self.proc.expect_line("* Type /help for options *", WAIT);
         match parse_list(&users, "* Users in the room: ", " *") {
             Some(list) => list,
             None => self
@@ -618,7 +635,7 @@ impl Client {
     }
 
     /// Sends `/users` and returns the users of the answer
-    /// (`S> server: users: a, b, c`), in the order printed.
+    /// (`* Users in the room: a, b, c *`), in the order printed.
     #[track_caller]
     pub fn users(&mut self) -> Vec<String> {
         self.send("/users");
@@ -628,8 +645,9 @@ impl Client {
     /// Waits for the answer to `/users` and returns the list.
     #[track_caller]
     pub fn expect_users_answer(&mut self) -> Vec<String> {
-        let line = self.expect_from_server("server: users: ");
-        match parse_list(&line, "server: users: ", "") {
+        let (start, end) = self.users_marker();
+        let line = self.expect(&start);
+        match parse_list(&line, &start, end) {
             Some(list) => list,
             None => self.proc.fail(&format!("malformed users line {line:?}")),
         }
@@ -641,7 +659,7 @@ impl Client {
     #[track_caller]
     pub fn expect_not_received(&mut self, forbidden: &str) {
         self.send("/users");
-        let marker = format!("{}> server: users: ", self.server);
+        let (marker, _) = self.users_marker();
         self.proc.expect_no_line_before(forbidden, &marker, WAIT);
     }
 
@@ -796,12 +814,12 @@ impl PtyClient {
         self.expect_exact_row(&row);
     }
 
-    /// Waits for the three banner rows, in order, and returns the users listed.
+    /// Waits for the banner rows, in order, and returns the users listed (the hint to
+    /// `/help` after the first join is not waited for).
     #[track_caller]
     pub fn expect_banner(&mut self) -> Vec<String> {
         self.expect_row_within("* Joined the chatroom *", LONG);
         let users = self.expect_row("* Users in the room: ");
-        self.expect_row("* Type /help for options *");
         match parse_list(&users, "* Users in the room: ", " *") {
             Some(list) => list,
             None => self.pty.fail(&format!("malformed user list row {users:?}")),

@@ -275,7 +275,7 @@ fn tab_completes_commands() {
         );
     }
     ann.expect_input("");
-    bob.expect_not_received("help");
+    bob.expect_not_received("show this list");
 }
 
 #[test]
@@ -429,15 +429,15 @@ fn four_kinds(colour: bool) -> (Ctx, Server, PtyClient, [usize; 4], Vec<u8>) {
     ann.expect_from_server("bob: a room message");
     bob.send("/pm ann a private message");
     ann.expect_from_server("bob (private): a private message");
-    ann.type_line("/users");
-    ann.expect_from_server("server: users: ann, bob");
+    ann.type_line("/pm nobody hello");
+    ann.expect_from_server("server: no user named nobody in the room; message not sent");
     ann.expect_input("");
 
     let want = [
         format!("{s}> bob: a room message"),
         format!("{s}> bob (private): a private message"),
         format!("{s}> * bob has joined *"),
-        format!("{s}> server: users: ann, bob"),
+        format!("{s}> server: no user named nobody in the room; message not sent"),
     ];
     let snap = ann.snapshot();
     let mut rows = [0; 4];

@@ -83,6 +83,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         match connect::connect(&config.server, &config.own, config.cookie.clone()).await {
             Ok(connection) => connection,
             Err(e) => {
+                let e = e.explained().await;
                 eprintln!("{}", render::connect_failed(&server, &e.to_string()));
                 return Ok(FAILURE);
             }

@@ -27,11 +27,19 @@ pub trait Output: Send + Sync + 'static {
     /// Shows one complete line (without its line terminator) to the user.
     fn line(&self, line: &str);
 
-    /// Shows a line that came from the server; `kind` lets a terminal colour it or
-    /// timestamp it. By default it is shown like any other line.
+    /// Shows a line about something that happened just now: what came from the server,
+    /// or the user's own private message; `kind` lets a terminal colour it, and it is
+    /// timestamped with `--timestamps`. By default it is shown like any other line.
     fn incoming(&self, kind: LineKind, line: &str) {
         let _ = kind;
         self.line(line);
+    }
+
+    /// Shows a line of the client's own about something that happened just now (the
+    /// connection lost or back, a resume, queued lines sent): a status line, timestamped
+    /// with `--timestamps` as what comes from the server is.
+    fn status(&self, line: &str) {
+        self.incoming(LineKind::Local, line);
     }
 }
 
@@ -82,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) wants_room: AtomicBool,
     /// Set while leaving to exit: the final `Left` prints nothing.
     pub(crate) quitting: AtomicBool,
+    /// Set once a join banner pointed to `/help` (the first join of the process only).
+    pub(crate) hinted: AtomicBool,
     /// Who is in the room.
     pub(crate) members: Members,
     /// Set while a join the client made by itself (after reconnecting) is unanswered,
@@ -106,6 +116,7 @@ impl Shared {
             joined: AtomicBool::new(false),
             wants_room: AtomicBool::new(false),
             quitting: AtomicBool::new(false),
+            hinted: AtomicBool::new(false),
             members: Members::default(),
             auto_join: AtomicBool::new(false),
             nick,
