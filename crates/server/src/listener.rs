@@ -87,7 +87,8 @@ pub async fn serve(
             Arc::clone(&shared),
         ));
     }
-    tracing::info!("shutting down");
+    // The registry logs `server shutting down`, then every member's `left`.
+    tracing::debug!("shutting down");
     drop(listener);
     stopping.cancel();
     registry.shutdown().await;

@@ -25,12 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::limits::{self, NickError};
-use protocol::unicode;
+use protocol::unicode::{self, escape_capped};
 use protocol::{Event, EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, SessionTicket};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connection::LOG_CAP;
 use crate::history::{Audience, EntryKind, History, SERVER_SESSION, SessionId};
+use crate::log_limit::LogLimiter;
 use crate::memory::MemoryKeeper;
 use crate::peer::{DeliveryError, FrameArena, Peer, RoomEvent};
 use crate::rate_limit::{TokenBucket, Verdict};
@@ -211,12 +213,29 @@ pub fn spawn(
     RegistryHandle { tx }
 }
 
+/// Refused joins logged per second, on average, and in a burst (as refused handshakes).
+const REFUSAL_LOG_RATE: f64 = 10.0;
+/// See [`REFUSAL_LOG_RATE`].
+const REFUSAL_LOG_BURST: u32 = 50;
+
+/// How long after a leave the end of the connection makes it a quit (in the log).
+const QUIT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Logs that `nick` (on `node`) left the room for `reason`: one line per departure.
+fn log_left(nick: &str, node: &str, reason: LeaveReason) {
+    tracing::info!(%nick, %node, reason = reason.describe(), "left");
+}
+
 struct Connection {
     peer: Arc<dyn Peer>,
     /// The session this connection carries, once joined or resumed.
     session: Option<SessionId>,
     /// Set once the registry has closed this connection; its own `Detach` follows.
     closed: bool,
+    /// The nick this connection took out of the room with a leave, not logged yet, and
+    /// when: a quit is a leave and then the end of the connection, logged as one line
+    /// (`left reason=quit`). Logged as `left` when the connection goes on instead.
+    unlogged_leave: Option<(String, Instant)>,
 }
 
 /// A nick stored inside its session rather than in an allocation of its own: departed
@@ -295,6 +314,8 @@ struct Registry {
     memory: MemoryKeeper,
     /// Where room events are encoded, side by side.
     frames: FrameArena,
+    /// Bounds the log lines about refused joins.
+    refusal_log: LogLimiter,
 }
 
 impl Registry {
@@ -315,6 +336,7 @@ impl Registry {
             departures: VecDeque::new(),
             memory: MemoryKeeper::default(),
             frames: FrameArena::default(),
+            refusal_log: LogLimiter::new(REFUSAL_LOG_RATE, REFUSAL_LOG_BURST),
         }
     }
 
@@ -340,15 +362,37 @@ impl Registry {
                     peer,
                     session: None,
                     closed: false,
+                    unlogged_leave: None,
                 };
                 self.connections.insert(id, connection);
             }
             Command::Detach { id, reason } => {
+                // One line per connection's end: its member leaving, a leave and then
+                // the end (a quit), or the end alone; nothing if the registry closed it
+                // (that was logged then).
+                let (node, mut told, leave) = match self.connections.get_mut(&id) {
+                    Some(c) => (c.peer.node().to_string(), c.closed, c.unlogged_leave.take()),
+                    None => (String::new(), true, None),
+                };
                 if let Some(session) = self.session_of(id) {
-                    self.remove_member(session, reason);
+                    if let Some(nick) = self.remove_member(session, reason) {
+                        log_left(&nick, &node, reason);
+                        told = true;
+                    }
                     if let Some(s) = self.sessions.get_mut(&session) {
                         s.conn = None;
                     }
+                }
+                if let Some((nick, _)) = leave {
+                    if reason == LeaveReason::ConnectionLost {
+                        log_left(&nick, &node, LeaveReason::Quit);
+                        told = true;
+                    } else {
+                        log_left(&nick, &node, LeaveReason::Left);
+                    }
+                }
+                if !told {
+                    tracing::info!(%node, reason = reason.describe(), "disconnected");
                 }
                 self.connections.remove(&id);
             }
@@ -374,10 +418,16 @@ impl Registry {
             Command::Tick => self.tick(),
             Command::Sweep => self.sweep(),
             Command::Shutdown { done } => {
+                tracing::info!(
+                    members = self.members.len(),
+                    connections = self.connections.len(),
+                    "server shutting down"
+                );
                 self.shutting_down = true;
-                for connection in self.connections.values_mut() {
-                    connection.closed = true;
-                    connection.peer.close(LeaveReason::ServerShutdown);
+                // Everyone leaves now, so that every `left` is logged before `bye`.
+                let ids: Vec<ConnId> = self.connections.keys().copied().collect();
+                for id in ids {
+                    self.drop_connection(id, LeaveReason::ServerShutdown);
                 }
                 let _ = done.send(());
             }
@@ -405,8 +455,23 @@ impl Registry {
             .map(|(id, _)| *id)
             .collect();
         for id in silent {
-            tracing::info!(node = %self.node_of(id), "silent for too long; dropping");
             self.drop_connection(id, LeaveReason::Timeout);
+        }
+        // A leave not followed by the connection's end within a second was no quit.
+        let now = Instant::now();
+        for connection in self.connections.values_mut() {
+            if connection
+                .unlogged_leave
+                .as_ref()
+                .is_some_and(|(_, at)| now.duration_since(*at) >= QUIT_WINDOW)
+                && let Some((nick, _)) = connection.unlogged_leave.take()
+            {
+                log_left(
+                    &nick,
+                    &connection.peer.node().to_string(),
+                    LeaveReason::Left,
+                );
+            }
         }
     }
 
@@ -426,7 +491,7 @@ impl Registry {
             .map(|(id, _)| *id)
             .collect();
         for id in slow {
-            tracing::info!(node = %self.node_of(id), "too far behind the room; dropping");
+            tracing::debug!(node = %self.node_of(id), "too far behind the room; dropping");
             self.drop_connection(id, LeaveReason::SendQueueExceeded);
         }
         let window = self.rules.resume_window;
@@ -460,15 +525,59 @@ impl Registry {
     }
 
     /// Closes connection `id` for `reason` (once) and takes its member out of the room.
+    /// Logs a leave of connection `id` not logged yet: the connection goes on, so it was
+    /// no quit.
+    fn log_leave(&mut self, id: ConnId) {
+        if let Some(connection) = self.connections.get_mut(&id)
+            && let Some((nick, _)) = connection.unlogged_leave.take()
+        {
+            log_left(
+                &nick,
+                &connection.peer.node().to_string(),
+                LeaveReason::Left,
+            );
+        }
+    }
+
+    /// Logs a refused join (at a bounded rate: a client can try again and again); `nick`
+    /// as asked for, escaped.
+    fn log_join_refused(&self, id: ConnId, nick: &str, reply: &Reply) {
+        let reason = match reply {
+            Reply::NickInUse => "nick in use".to_string(),
+            Reply::NickNotAllowed => "nick not allowed".to_string(),
+            Reply::InvalidNick { reason } => format!("invalid nick ({reason})"),
+            Reply::AlreadyJoined { .. } => "already in the room".to_string(),
+            other => format!("{other:?}"),
+        };
+        if let Some(suppressed) = self.refusal_log.allow() {
+            let nick = escape_capped(nick, LOG_CAP);
+            let reason = escape_capped(&reason, LOG_CAP);
+            let node = self.node_of(id);
+            if suppressed > 0 {
+                tracing::info!(%nick, %node, reason = reason.as_str(), suppressed, "join refused (and {suppressed} more not logged)");
+            } else {
+                tracing::info!(%nick, %node, reason = reason.as_str(), "join refused");
+            }
+        }
+    }
+
+    /// Logged here, in one line: `left` with the reason for a member, else
+    /// `disconnected`; the connection's own `Detach` that follows logs nothing.
     fn drop_connection(&mut self, id: ConnId, reason: LeaveReason) {
         let Some(connection) = self.connections.get_mut(&id).filter(|c| !c.closed) else {
             return;
         };
         connection.closed = true;
         connection.peer.close(reason);
+        let node = connection.peer.node().to_string();
+        let leave = connection.unlogged_leave.take();
+        if let Some((nick, _)) = leave {
+            log_left(&nick, &node, LeaveReason::Left);
+        }
         let session = connection.session;
-        if let Some(session) = session {
-            self.remove_member(session, reason);
+        match session.and_then(|session| self.remove_member(session, reason)) {
+            Some(nick) => log_left(&nick, &node, reason),
+            None => tracing::info!(%node, reason = reason.describe(), "disconnected"),
         }
     }
 
@@ -512,12 +621,15 @@ impl Registry {
     }
 
     fn join(&mut self, id: ConnId, nick: String, backlog: u16) {
+        self.log_leave(id);
         let Some(connection) = self.connections.get(&id) else {
             return;
         };
         if let Some(session) = connection.session.and_then(|s| self.sessions.get(&s)) {
             let nick = session.nick.as_str().to_string();
-            self.reply(id, Reply::AlreadyJoined { nick });
+            let reply = Reply::AlreadyJoined { nick: nick.clone() };
+            self.log_join_refused(id, &nick, &reply);
+            self.reply(id, reply);
             return;
         }
         // Normalised (NFC), and unique by its key: case, accents and look-alike
@@ -539,7 +651,7 @@ impl Registry {
         let (nick, inline) = match checked {
             Ok(checked) => checked,
             Err(reply) => {
-                tracing::debug!(?reply, "join refused");
+                self.log_join_refused(id, &nick, &reply);
                 self.reply(id, reply);
                 return;
             }
@@ -592,6 +704,7 @@ impl Registry {
     }
 
     fn resume(&mut self, id: ConnId, ticket: SessionTicket, epoch: u64, last_seq: u64) {
+        self.log_leave(id);
         let Some(connection) = self.connections.get(&id) else {
             return;
         };
@@ -675,7 +788,11 @@ impl Registry {
             self.reply(id, Reply::NotJoined);
             return;
         };
-        self.remove_member(session, LeaveReason::Left);
+        if let Some(nick) = self.remove_member(session, LeaveReason::Left)
+            && let Some(connection) = self.connections.get_mut(&id)
+        {
+            connection.unlogged_leave = Some((nick, Instant::now()));
+        }
         self.reply(id, Reply::Left);
         if let Some(connection) = self.connections.get(&id)
             && let Err(e) = connection.peer.unsubscribe()
@@ -800,25 +917,23 @@ impl Registry {
         // A failure can be seen several times (a broadcast about the departure of one
         // slow member may find another still full): close and log only once.
         if let Some(connection) = self.connections.get(&id).filter(|c| !c.closed) {
-            tracing::info!(node = %connection.peer.node(), %error, "dropping connection");
+            tracing::debug!(node = %connection.peer.node(), %error, "dropping connection");
         }
         self.drop_connection(id, reason);
     }
 
     /// Takes `session` out of the room and queues the announcement to the others (see
-    /// [`Registry::departures`]); false if it was not in the room. A session that left
-    /// on purpose is forgotten; any other stays resumable for a while.
-    fn remove_member(&mut self, session: SessionId, reason: LeaveReason) -> bool {
-        let Some(s) = self.sessions.get_mut(&session).filter(|s| s.in_room) else {
-            return false;
-        };
+    /// [`Registry::departures`]); its nick, or `None` if it was not in the room. A
+    /// session that left on purpose is forgotten; any other stays resumable for a while.
+    /// The caller logs it (see [`log_left`]).
+    fn remove_member(&mut self, session: SessionId, reason: LeaveReason) -> Option<String> {
+        let s = self.sessions.get_mut(&session).filter(|s| s.in_room)?;
         s.in_room = false;
         s.departed_at = Some(Instant::now());
         let nick = s.nick.as_str().to_string();
         self.members.remove(&nick);
         self.nick_keys.remove(&unicode::nick_key(&nick));
         self.fed.remove(&session);
-        tracing::info!(%nick, reason = reason.describe(), "left");
         if reason == LeaveReason::Left {
             self.forget(session);
         } else {
@@ -830,9 +945,9 @@ impl Registry {
             }
         }
         if !self.shutting_down {
-            self.departures.push_back((nick, session, reason));
+            self.departures.push_back((nick.clone(), session, reason));
         }
-        true
+        Some(nick)
     }
 
     /// Forgets a session that is not in the room.
