@@ -143,6 +143,7 @@ impl Ctx {
             args: Vec::new(),
             envs: Vec::new(),
             envs_removed: Vec::new(),
+            stdin_piped: false,
         }
     }
 
@@ -368,9 +369,17 @@ pub struct ClientBuilder<'a> {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     envs_removed: Vec<String>,
+    stdin_piped: bool,
 }
 
 impl ClientBuilder<'_> {
+    /// With [`ClientBuilder::spawn_pty`]: standard input is a pipe (fed by `cat` from the
+    /// terminal), standard output and error the terminal, as in `cat | chat-client`.
+    pub fn stdin_piped(mut self) -> Self {
+        self.stdin_piped = true;
+        self
+    }
+
     /// Passes no `--nick` and sets `USER` to the nick instead (the default nick).
     pub fn nick_from_user(mut self) -> Self {
         self.nick_flag = false;
@@ -462,6 +471,9 @@ impl ClientBuilder<'_> {
         }
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if self.stdin_piped {
+            cmd = piped_stdin(&cmd);
         }
         let own = self
             .own_name
@@ -667,6 +679,27 @@ impl Client {
     pub fn close_stdin(&mut self) {
         self.proc.close_stdin();
     }
+}
+
+/// `cmd` run as `cat | cmd` through `sh`: the same program, arguments, environment and
+/// directory, with standard input a pipe.
+fn piped_stdin(cmd: &Command) -> Command {
+    let mut piped = Command::new("sh");
+    piped
+        .arg("-c")
+        .arg("cat | exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => piped.env(key, value),
+            None => piped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        piped.current_dir(dir);
+    }
+    piped
 }
 
 /// Splits `a, b, c` found between `start` and `end` in `line`.

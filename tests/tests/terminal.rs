@@ -495,6 +495,31 @@ fn no_colours_with_no_color() {
 }
 
 #[test]
+fn no_colours_from_a_pipe_even_on_a_terminal() {
+    // `cat | chat-client`: pipe mode (no prompt, every line in order), whose output is
+    // never coloured, even when it goes to a terminal.
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &[]);
+    let mut ann = ctx
+        .client("ann")
+        .to(&server)
+        .env_remove("NO_COLOR")
+        .stdin_piped()
+        .spawn_pty();
+    ann.expect_banner();
+    let mut bob = ctx.join(&server, "bob");
+    ann.expect_from_server("* bob has joined *");
+    bob.send("/pm ann a private message");
+    ann.expect_from_server("bob (private): a private message");
+    let raw = ann.pty.raw_output();
+    assert!(
+        sgr_sequences(&raw).is_empty(),
+        "escape sequences in pipe mode: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
 fn no_colours_in_a_pipe_even_without_no_color() {
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &[]);
