@@ -144,6 +144,7 @@ impl Ctx {
             envs: Vec::new(),
             envs_removed: Vec::new(),
             stdin_piped: false,
+            in_shell: false,
         }
     }
 
@@ -370,9 +371,18 @@ pub struct ClientBuilder<'a> {
     envs: Vec<(String, String)>,
     envs_removed: Vec<String>,
     stdin_piped: bool,
+    in_shell: bool,
 }
 
 impl ClientBuilder<'_> {
+    /// With [`ClientBuilder::spawn_pty`]: the client is started by an interactive `bash`
+    /// (job control: Ctrl-Z stops it, `fg` continues it), as a user starts it; the
+    /// command line is typed at the shell's prompt `$ `.
+    pub fn in_shell(mut self) -> Self {
+        self.in_shell = true;
+        self
+    }
+
     /// With [`ClientBuilder::spawn_pty`]: standard input is a pipe (fed by `cat` from the
     /// terminal), standard output and error the terminal, as in `cat | chat-client`.
     pub fn stdin_piped(mut self) -> Self {
@@ -479,8 +489,33 @@ impl ClientBuilder<'_> {
             .own_name
             .clone()
             .expect("a PTY client needs a known own node name for its prompt");
+        let label = format!("chat-client {} (pty)", self.nick);
+        let pty = if self.in_shell {
+            let mut shell = Command::new("bash");
+            shell.args(["--norc", "--noprofile", "-i"]).env("PS1", "$ ");
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(value) => shell.env(key, value),
+                    None => shell.env_remove(key),
+                };
+            }
+            if let Some(dir) = cmd.get_current_dir() {
+                shell.current_dir(dir);
+            }
+            let mut pty = Pty::spawn(label, &shell);
+            let quote =
+                |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+            let line: Vec<String> = std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(quote)
+                .collect();
+            pty.keys(&format!("{}\r", line.join(" ")));
+            pty
+        } else {
+            Pty::spawn(label, &cmd)
+        };
         PtyClient {
-            pty: Pty::spawn(format!("chat-client {} (pty)", self.nick), &cmd),
+            pty,
             nick: self.nick,
             prompt: format!("{own}> "),
             own_name: own,

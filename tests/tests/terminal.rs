@@ -544,3 +544,61 @@ fn no_colours_in_a_pipe_even_without_no_color() {
         "escape sequences in a pipe: {escaped:?}"
     );
 }
+
+/// The rows on screen that contain `needle`.
+fn rows_containing(snap: &Snapshot, needle: &str) -> usize {
+    snap.rows.iter().filter(|r| r.text.contains(needle)).count()
+}
+
+#[test]
+fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
+    // Started from an interactive shell, as a user does: Ctrl-Z stops it, `fg` goes on.
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &[]);
+    let mut ann = ctx.client("ann").to(&server).in_shell().join_pty();
+    let mut bob = ctx.join(&server, "bob");
+    ann.expect_from_server("* bob has joined *");
+    ann.keys("hello wor");
+    ann.expect_input("hello wor");
+    ann.keys(keys::CTRL_Z);
+    ann.expect_row("Stopped");
+    ann.keys("fg\r");
+    // The prompt and the half-typed line are back, and the editor has the keys again.
+    ann.expect_input("hello wor");
+    ann.keys("ld");
+    ann.expect_input("hello world");
+    ann.keys(keys::ENTER);
+    bob.expect_say("ann", "hello world");
+    ann.expect_input("");
+    ann.type_line("next");
+    bob.expect_say("ann", "next");
+    ann.expect_row("> next");
+    ann.expect_input("");
+    let snap = ann.snapshot();
+    for line in ["hello world", "next"] {
+        assert_eq!(
+            rows_containing(&snap, line),
+            1,
+            "{line:?} is not on screen exactly once:\n{}",
+            snap.dump()
+        );
+    }
+}
+
+#[test]
+fn after_a_resize_no_stale_copy_of_the_typed_line_stays() {
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
+    ann.keys("a draft that is being typed");
+    ann.expect_input("a draft that is being typed");
+    ann.pty.resize(60, 20);
+    bob.send("after the resize");
+    ann.expect_from_server("bob: after the resize");
+    ann.expect_input("a draft that is being typed");
+    let snap = ann.snapshot();
+    assert_eq!(
+        rows_containing(&snap, "a draft that is being typed"),
+        1,
+        "a stale copy of the typed line stays:\n{}",
+        snap.dump()
+    );
+}

@@ -30,7 +30,10 @@ use std::time::Duration;
 use protocol::NodeName;
 use rustyline::error::ReadlineError;
 use rustyline::history::MemHistory;
-use rustyline::{Config, EditMode, Editor};
+use rustyline::{
+    Cmd, ConditionalEventHandler, Config, EditMode, Editor, Event, EventContext, EventHandler,
+    KeyEvent, RepeatCount,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -97,6 +100,12 @@ impl Terminal {
         editor.set_helper(Some(ChatHelper::new(Arc::clone(&members))));
         let printer = editor.create_external_printer()?;
         let saved_mode = SavedMode::save();
+        if let Some(cooked) = saved_mode {
+            editor.bind_sequence(
+                KeyEvent::ctrl('Z'),
+                EventHandler::Conditional(Box::new(Suspend(cooked))),
+            );
+        }
         let output = Arc::new(TerminalOutput::start(printer, style)?);
 
         let (requests, requested) = std_mpsc::channel();
@@ -212,6 +221,16 @@ impl Drop for CancelGuard<'_> {
 }
 
 /// The editor, owned by its thread.
+/// Ctrl-Z: suspends the process (see [`mode::suspend`]) and repaints the line on `fg`.
+struct Suspend(SavedMode);
+
+impl ConditionalEventHandler for Suspend {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, _: &EventContext<'_>) -> Option<Cmd> {
+        mode::suspend(&self.0);
+        Some(Cmd::Repaint)
+    }
+}
+
 struct EditorThread {
     editor: Editor<ChatHelper, MemHistory>,
     prompt: String,
