@@ -38,7 +38,7 @@ use tracing::debug;
 use crate::connect::{self, ConnectError, Connection, ServerTarget};
 use crate::link::{self, Context, Link, LinkWatch};
 use crate::render;
-use crate::session::SessionError;
+use crate::shared::SessionError;
 
 /// Longest a port-mapper look-up made while waiting may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);

@@ -44,7 +44,7 @@ use crate::render::{self, LineKind};
 use crate::sends::Full;
 pub use crate::sends::{QUEUE_LIMIT, Undelivered};
 use crate::shared::Shared;
-pub use crate::shared::{CALL_TIMEOUT, Members, Output};
+pub use crate::shared::{CALL_TIMEOUT, Members, Output, SessionError};
 
 /// Longest message text the client sends; the rest of the frame limit is left for the
 /// message's envelope. (The server's own text limit is usually much lower and is
@@ -78,18 +78,6 @@ pub enum JoinOutcome {
     /// been printed), or the connection was lost before the answer (and the reconnect
     /// task joins again once it is back).
     Disconnected,
-}
-
-/// Why a session ended against the user's will.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    /// The connection to the server broke (or the server closed it); the text says why.
-    #[error("{0}")]
-    Lost(String),
-    /// Reconnecting failed for a reason that will not go away by itself (the cookie, a
-    /// different node answering); the text says why.
-    #[error("{0}")]
-    Unreachable(String),
 }
 
 /// Resolves when the session has lost its server for good, with the reason. Cheap to

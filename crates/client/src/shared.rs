@@ -1,6 +1,7 @@
 //! What the session's parts share: where lines go ([`Output`]), who is in the room
 //! ([`Members`]), the join state, the place in the room's history and the queue of
-//! unacknowledged sends ([`Shared`]), and how long a call may wait.
+//! unacknowledged sends ([`Shared`]), how long a call may wait, and why a session ended
+//! ([`SessionError`]).
 //!
 //! The front end ([`crate::session`]), a connection's tasks (`link`) and the reconnect
 //! task ([`crate::reconnect`]) all use these; this module uses none of them, so the
@@ -172,4 +173,17 @@ mod tests {
         members.replace(&[]);
         assert!(members.snapshot().is_empty());
     }
+}
+
+/// Why a session ended against the user's will. Here rather than in `session`, which
+/// re-exports it, so that the reconnect task names it without importing the front end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The connection to the server broke (or the server closed it); the text says why.
+    #[error("{0}")]
+    Lost(String),
+    /// Reconnecting failed for a reason that will not go away by itself (the cookie, a
+    /// different node answering); the text says why.
+    #[error("{0}")]
+    Unreachable(String),
 }
