@@ -130,21 +130,22 @@ pub const COMMANDS: [&str; 6] = ["/help", "/join", "/leave", "/users", "/pm", "/
 /// The IRC names accepted for commands, as (IRC name, command).
 pub const ALIASES: [(&str, &str); 3] = [("/part", "/leave"), ("/names", "/users"), ("/msg", "/pm")];
 
-/// The lines `/help` prints: one per command, then two for everything else.
+/// The lines `/help` prints (and the man page's "commands in the chat"): one per
+/// command, then two for everything else.
+pub const HELP: [&str; 8] = [
+    "/help                  show this list",
+    "/join                  join the chatroom",
+    "/leave                 leave the chatroom (you stay connected); IRC's /part works too",
+    "/users                 list the users in the chatroom; IRC's /names works too",
+    "/pm <nick> <message>   send a private message to <nick>; IRC's /msg works too",
+    "/quit                  leave the chatroom and exit",
+    "Any other text is said to everyone in the chatroom; //text says \"/text\".",
+    "Commands work in any letter case (/PM); there is no /me: just say it.",
+];
+
+/// The lines `/help` prints, as [`HELP`].
 pub fn help() -> Vec<String> {
-    [
-        "/help                  show this list",
-        "/join                  join the chatroom",
-        "/leave                 leave the chatroom (you stay connected); IRC's /part works too",
-        "/users                 list the users in the chatroom; IRC's /names works too",
-        "/pm <nick> <message>   send a private message to <nick>; IRC's /msg works too",
-        "/quit                  leave the chatroom and exit",
-        "Any other text is said to everyone in the chatroom; //text says \"/text\".",
-        "Commands work in any letter case (/PM); there is no /me: just say it.",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect()
+    HELP.into_iter().map(String::from).collect()
 }
 
 /// Completion candidates for the text left of the cursor, given the nicks in the room.

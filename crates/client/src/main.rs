@@ -36,7 +36,7 @@ async fn main() {
         print_docs(written.context("Could not write the completion script"));
     }
     if args.manpage {
-        let written = chat_node::docs::print_manpage(Args::command());
+        let written = chat_node::docs::print_manpage(Args::command(), &chat_client::manual::PAGE);
         print_docs(written.context("Could not write the man page"));
     }
     let code = match run(args).await {

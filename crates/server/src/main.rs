@@ -23,7 +23,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
     name = "chat-server",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = PAGE.help_footer()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +39,36 @@ struct Cli {
     manpage: bool,
 }
 
+/// What the man page and `--help` say besides the flags.
+const PAGE: chat_node::docs::Page = chat_node::docs::Page {
+    synopsis:
+        "chat-server [--name ALIVE@HOST | --sname ALIVE] [--cookie COOKIE] [--cookie-file PATH]
+            [--port PORT] [--bind ADDR] [--tick SECONDS] [--handshake-timeout SECONDS]
+            [--max-clients N] [--max-handshakes N] [--max-handshakes-per-address N]
+            [--auth-failures N] [--auth-retry SECONDS] [--max-text BYTES]
+            [--send-queue FRAMES] [--send-queue-bytes BYTES] [--rate PER_SECOND]
+            [--burst N] [--pm-rate PER_SECOND] [--pm-burst N] [--history EVENTS]
+            [--history-bytes BYTES] [--resume-window SECONDS] [--no-erlang]
+chat-server port-mapper [--port PORT] [--bind ADDR]
+chat-server --completions SHELL | --manpage",
+    sections: &[(
+        "The port mapper",
+        &[
+            "chat-server port-mapper [--port PORT] [--bind ADDR] runs the port mapper (the epmd",
+            "protocol) in the foreground, e.g. under a service manager. --port: default",
+            "$ERL_EPMD_PORT or 4369, 0 picks a free one; --bind: default 0.0.0.0.",
+            "A chat-server that finds no port mapper starts one in the background; it outlives",
+            "the server (as epmd does), and the server's log gives its process id to stop it.",
+        ],
+    )],
+    environment: &[
+        chat_node::docs::CHAT_COOKIE,
+        chat_node::docs::ERL_EPMD_PORT,
+        chat_node::docs::RUST_LOG,
+    ],
+    files: &[chat_node::docs::COOKIE_FILE],
+};
+
 #[derive(Subcommand)]
 enum Mode {
     /// Run the port mapper (epmd protocol) in the foreground, e.g. under a service manager.
@@ -49,8 +80,8 @@ struct MapperArgs {
     /// Port to listen on [default: $ERL_EPMD_PORT or 4369]; 0 picks a free one.
     #[arg(long)]
     port: Option<u16>,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on (every interface by default).
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
 }
 
@@ -73,8 +104,8 @@ struct RoomArgs {
     /// TCP port for clients; 0 picks a free one, found through the port mapper.
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on (every interface by default; 127.0.0.1 for this machine only).
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
     /// Liveness tick in seconds; a client silent for four ticks is dropped.
     #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
@@ -83,7 +114,7 @@ struct RoomArgs {
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     handshake_timeout: f64,
     /// Most authenticated connections at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_clients: usize,
     /// Most connections still in their handshake, in all.
     #[arg(long, default_value_t = 1024, value_name = "N")]
@@ -128,7 +159,7 @@ struct RoomArgs {
     #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND")]
     rate: f64,
     /// Flood limit: burst size; this many refused in a row disconnects the client.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, value_name = "N", default_value_t = 20)]
     burst: u32,
     /// Refuse Erlang distribution connections (BEAM nodes such as ExMessenger clients).
     #[arg(long)]
@@ -143,7 +174,7 @@ fn main() {
         done(written.context("Could not write the completion script"));
     }
     if cli.manpage {
-        let written = chat_node::docs::print_manpage(Cli::command());
+        let written = chat_node::docs::print_manpage(Cli::command(), &PAGE);
         done(written.context("Could not write the man page"));
     }
     chat_server::memory::tune_allocator();
