@@ -400,6 +400,22 @@ fn timestamps_prefix_incoming_lines_with_local_time_in_a_terminal_and_a_pipe() {
     }
     // The input line has no timestamp.
     ann.expect_input("");
+    // A line of the user's own is stamped once entered, as what arrives is.
+    let before = clock(offset);
+    ann.type_line("my own line");
+    bob.expect_say("ann", "my own line");
+    ann.expect_input("");
+    let own = format!("{}my own line", ann.prompt());
+    // Waits for the stamped copy, not the editor's own (which comes first).
+    let row = ann.expect_line_where(&format!("HH:MM {own}"), chat_tests::WAIT, |line| {
+        line.len() == own.len() + 6 && line.ends_with(&own) && line.as_bytes()[2] == b':'
+    });
+    let times = [before, clock(offset)];
+    if !stamped(&row, &own, &times) {
+        ann.fail(&format!(
+            "expected {own:?} after a local HH:MM among {times:?} (TZ={tz}), got {row:?}"
+        ));
+    }
 }
 
 #[test]

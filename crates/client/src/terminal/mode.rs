@@ -74,3 +74,14 @@ fn clear_bracketed_paste() {
     let mut out = io::stdout().lock();
     let _ = out.write_all(b"\x1b[?2004l").and_then(|()| out.flush());
 }
+
+/// The terminal's width in columns (standard output's), if it can say.
+pub(crate) fn columns() -> Option<usize> {
+    // SAFETY: `winsize` is a plain C struct for which all-zero bytes are valid; the
+    // ioctl only writes into it and reports failure by its return value.
+    let size = unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0).then_some(size)
+    }?;
+    (size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
