@@ -388,3 +388,54 @@ fn a_wrong_cookie_after_a_restart_ends_reconnecting_with_exit_1() {
     );
     assert_eq!(ann.proc.expect_failure(LONG), 1);
 }
+
+/// `line` without its `HH:MM ` stamp, if it has one.
+fn unstamped(line: &str) -> Option<&str> {
+    let b = line.as_bytes();
+    let stamped = b.len() > 6
+        && b[..2].iter().all(u8::is_ascii_digit)
+        && b[2] == b':'
+        && b[3..5].iter().all(u8::is_ascii_digit)
+        && b[5] == b' ';
+    stamped.then(|| &line[6..])
+}
+
+#[test]
+fn with_timestamps_the_lost_and_reconnected_lines_are_stamped_and_help_is_not_repeated() {
+    let ctx = Ctx::new();
+    let mut server = ctx.start_server(NAME, &[]);
+    let mut ann = ctx
+        .client("ann")
+        .to(&server)
+        .reconnect()
+        .args(&["--timestamps"])
+        .join_pty();
+    server.proc.signal(Signal::Kill);
+    server.proc.wait_exit(LONG);
+    ann.expect_line_where("HH:MM Connection to ... lost ...", LONG, |line| {
+        unstamped(line).is_some_and(is_lost_line)
+    });
+    let server = restart(&ctx, &server);
+    let back = format!("* Reconnected to {NAME} *");
+    ann.expect_line_where(&format!("HH:MM {back}"), LONG, |line| {
+        unstamped(line) == Some(back.as_str())
+    });
+    // A fresh join on the new server: the banner again, without the hint to /help.
+    ann.expect_row("* Users in the room: ann *");
+    ann.type_line("/users");
+    ann.expect_row("* Users in the room: ann *");
+    ann.expect_input("");
+    let snap = ann.snapshot();
+    let hints = snap
+        .rows
+        .iter()
+        .filter(|r| r.text.contains("* Type /help for options *"))
+        .count();
+    assert_eq!(
+        hints,
+        1,
+        "the hint to /help after a reconnect:\n{}",
+        snap.dump()
+    );
+    drop(server);
+}
