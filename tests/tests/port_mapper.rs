@@ -193,9 +193,9 @@ fn client_error_another_node_answers_names_it() {
         .spawn();
     client.proc.expect_stderr_line(
         &format!(
-            "Could not connect to chat@localhost: server@localhost answered, not \
-             chat@localhost; to talk to it, use --server server@localhost:{}",
-            server.port()
+            "Could not connect to chat@localhost:{port}: server@localhost answered, not \
+             chat@localhost; to talk to it, use --server server@localhost:{port}",
+            port = server.port()
         ),
         LONG,
     );
@@ -236,9 +236,12 @@ fn client_error_connection_refused() {
     let line = client
         .proc
         .expect_stderr_line("Could not connect to server@localhost", LONG);
-    assert!(
-        line.contains(&format!("connection refused by localhost:{port}")),
-        "expected `connection refused` with the port, got {line:?}"
+    assert_eq!(
+        line,
+        format!(
+            "Could not connect to server@localhost:{port}: connection refused by localhost:{port}"
+        ),
+        "expected the target as given and `connection refused` with the port"
     );
     assert_eq!(client.proc.expect_failure(LONG), 1);
 }

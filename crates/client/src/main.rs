@@ -84,7 +84,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             Ok(connection) => connection,
             Err(e) => {
                 let e = e.explained().await;
-                eprintln!("{}", render::connect_failed(&server, &e.to_string()));
+                // As given: with the port when --server had one.
+                let target = config.server.to_string();
+                eprintln!("{}", render::connect_failed(&target, &e.to_string()));
                 return Ok(FAILURE);
             }
         };
