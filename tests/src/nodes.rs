@@ -18,6 +18,10 @@ use crate::{LONG, WAIT, bins};
 /// The cookie tests use unless they say otherwise.
 pub const COOKIE: &str = "integration-test-cookie";
 
+/// How the client starts the list of users, in the join banner and the `/users` answer
+/// alike; the list ends with ` *`.
+pub const USERS: &str = "* Users in the room: ";
+
 /// A directory removed (with its contents) on drop.
 pub struct TempDir {
     path: PathBuf,
@@ -139,6 +143,8 @@ impl Ctx {
             args: Vec::new(),
             envs: Vec::new(),
             envs_removed: Vec::new(),
+            stdin_piped: false,
+            in_shell: false,
         }
     }
 
@@ -364,9 +370,26 @@ pub struct ClientBuilder<'a> {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     envs_removed: Vec<String>,
+    stdin_piped: bool,
+    in_shell: bool,
 }
 
 impl ClientBuilder<'_> {
+    /// With [`ClientBuilder::spawn_pty`]: the client is started by an interactive `bash`
+    /// (job control: Ctrl-Z stops it, `fg` continues it), as a user starts it; the
+    /// command line is typed at the shell's prompt `$ `.
+    pub fn in_shell(mut self) -> Self {
+        self.in_shell = true;
+        self
+    }
+
+    /// With [`ClientBuilder::spawn_pty`]: standard input is a pipe (fed by `cat` from the
+    /// terminal), standard output and error the terminal, as in `cat | chat-client`.
+    pub fn stdin_piped(mut self) -> Self {
+        self.stdin_piped = true;
+        self
+    }
+
     /// Passes no `--nick` and sets `USER` to the nick instead (the default nick).
     pub fn nick_from_user(mut self) -> Self {
         self.nick_flag = false;
@@ -438,6 +461,7 @@ impl ClientBuilder<'_> {
             nick: self.nick,
             own_name: self.own_name,
             server: server_node,
+            original: false,
         }
     }
 
@@ -458,12 +482,40 @@ impl ClientBuilder<'_> {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
+        if self.stdin_piped {
+            cmd = piped_stdin(&cmd);
+        }
         let own = self
             .own_name
             .clone()
             .expect("a PTY client needs a known own node name for its prompt");
+        let label = format!("chat-client {} (pty)", self.nick);
+        let pty = if self.in_shell {
+            let mut shell = Command::new("bash");
+            shell.args(["--norc", "--noprofile", "-i"]).env("PS1", "$ ");
+            for (key, value) in cmd.get_envs() {
+                match value {
+                    Some(value) => shell.env(key, value),
+                    None => shell.env_remove(key),
+                };
+            }
+            if let Some(dir) = cmd.get_current_dir() {
+                shell.current_dir(dir);
+            }
+            let mut pty = Pty::spawn(label, &shell);
+            let quote =
+                |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+            let line: Vec<String> = std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(quote)
+                .collect();
+            pty.keys(&format!("{}\r", line.join(" ")));
+            pty
+        } else {
+            Pty::spawn(label, &cmd)
+        };
         PtyClient {
-            pty: Pty::spawn(format!("chat-client {} (pty)", self.nick), &cmd),
+            pty,
             nick: self.nick,
             prompt: format!("{own}> "),
             own_name: own,
@@ -529,17 +581,29 @@ pub struct Client {
     nick: String,
     own_name: Option<String>,
     server: String,
+    /// The original (Elixir) client, whose `/users` answer is `S> server: users: a, b`.
+    original: bool,
 }
 
 impl Client {
-    /// Wraps a process that behaves like a chat client on its standard streams (such as
-    /// the Elixir ExMessenger client, which prints the same lines).
+    /// Wraps the Elixir ExMessenger client, which prints the same lines except for the
+    /// answer to `/users` (the original's `S> server: users: a, b`).
     pub fn wrap(proc: Proc, nick: &str, own_name: Option<String>, server: &str) -> Client {
         Client {
             proc,
             nick: nick.to_string(),
             own_name,
             server: server.to_string(),
+            original: true,
+        }
+    }
+
+    /// What starts the answer to `/users`, and what ends its list.
+    fn users_marker(&self) -> (String, &'static str) {
+        if self.original {
+            (format!("{}> server: users: ", self.server), "")
+        } else {
+            (USERS.to_string(), " *")
         }
     }
 
@@ -558,13 +622,13 @@ impl Client {
         &self.server
     }
 
-    /// Waits for the three banner lines, in order, and returns the users in the room as
-    /// the banner lists them (in the order printed).
+    /// Waits for the banner lines, in order, and returns the users in the room as the
+    /// banner lists them (in the order printed). The hint to `/help` that follows the
+    /// first join of a process is not waited for.
     #[track_caller]
     pub fn expect_banner(&mut self) -> Vec<String> {
         self.proc.expect_line("* Joined the chatroom *", LONG);
         let users = self.proc.expect_line("* Users in the room: ", WAIT);
-        self.proc.expect_line("* Type /help for options *", WAIT);
         match parse_list(&users, "* Users in the room: ", " *") {
             Some(list) => list,
             None => self
@@ -618,7 +682,7 @@ impl Client {
     }
 
     /// Sends `/users` and returns the users of the answer
-    /// (`S> server: users: a, b, c`), in the order printed.
+    /// (`* Users in the room: a, b, c *`), in the order printed.
     #[track_caller]
     pub fn users(&mut self) -> Vec<String> {
         self.send("/users");
@@ -628,8 +692,9 @@ impl Client {
     /// Waits for the answer to `/users` and returns the list.
     #[track_caller]
     pub fn expect_users_answer(&mut self) -> Vec<String> {
-        let line = self.expect_from_server("server: users: ");
-        match parse_list(&line, "server: users: ", "") {
+        let (start, end) = self.users_marker();
+        let line = self.expect(&start);
+        match parse_list(&line, &start, end) {
             Some(list) => list,
             None => self.proc.fail(&format!("malformed users line {line:?}")),
         }
@@ -641,7 +706,7 @@ impl Client {
     #[track_caller]
     pub fn expect_not_received(&mut self, forbidden: &str) {
         self.send("/users");
-        let marker = format!("{}> server: users: ", self.server);
+        let (marker, _) = self.users_marker();
         self.proc.expect_no_line_before(forbidden, &marker, WAIT);
     }
 
@@ -649,6 +714,27 @@ impl Client {
     pub fn close_stdin(&mut self) {
         self.proc.close_stdin();
     }
+}
+
+/// `cmd` run as `cat | cmd` through `sh`: the same program, arguments, environment and
+/// directory, with standard input a pipe.
+fn piped_stdin(cmd: &Command) -> Command {
+    let mut piped = Command::new("sh");
+    piped
+        .arg("-c")
+        .arg("cat | exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => piped.env(key, value),
+            None => piped.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        piped.current_dir(dir);
+    }
+    piped
 }
 
 /// Splits `a, b, c` found between `start` and `end` in `line`.
@@ -796,12 +882,12 @@ impl PtyClient {
         self.expect_exact_row(&row);
     }
 
-    /// Waits for the three banner rows, in order, and returns the users listed.
+    /// Waits for the banner rows, in order, and returns the users listed (the hint to
+    /// `/help` after the first join is not waited for).
     #[track_caller]
     pub fn expect_banner(&mut self) -> Vec<String> {
         self.expect_row_within("* Joined the chatroom *", LONG);
         let users = self.expect_row("* Users in the room: ");
-        self.expect_row("* Type /help for options *");
         match parse_list(&users, "* Users in the room: ", " *") {
             Some(list) => list,
             None => self.pty.fail(&format!("malformed user list row {users:?}")),

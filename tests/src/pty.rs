@@ -50,6 +50,8 @@ pub mod keys {
     pub const CTRL_D: &str = "\x04";
     /// Ctrl-E: end of line.
     pub const CTRL_E: &str = "\x05";
+    /// Ctrl-Z: suspend (the shell's `fg` continues).
+    pub const CTRL_Z: &str = "\x1a";
     /// Ctrl-U: delete to the start of the line.
     pub const CTRL_U: &str = "\x15";
     /// Ctrl-W: delete the word before the cursor.
@@ -493,6 +495,31 @@ impl Pty {
     /// The screen now.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.lock().snapshot()
+    }
+
+    /// Resizes the terminal to `cols` x `rows`, as a user dragging the window's corner:
+    /// the emulator's screen first, then the kernel's window size, which sends the
+    /// child SIGWINCH. The emulator does not reflow rows (as xterm), so what the child
+    /// redraws is all there is.
+    #[track_caller]
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        {
+            let mut term = self.shared.lock();
+            let (r, c) = (NonZeroU16::new(rows), NonZeroU16::new(cols));
+            match (r, c) {
+                (Some(r), Some(c)) => term.parser.screen_mut().set_size(r, c),
+                _ => panic!("a terminal of {cols} x {rows} cannot exist"),
+            }
+        }
+        let size = PtySize {
+            rows,
+            cols,
+            pixel_width: 0,
+            pixel_height: 0,
+        };
+        if let Err(e) = self._master.resize(size) {
+            self.fail(&format!("cannot resize the terminal: {e}"));
+        }
     }
 
     /// Everything the child wrote so far, as raw bytes (escape sequences included).

@@ -96,3 +96,71 @@ fn the_limits_tables_defaults_are_the_servers() {
         assert!(readme.contains(in_readme), "README lacks {in_readme:?}");
     }
 }
+
+/// The SYNOPSIS of a man page, as plain text.
+fn synopsis(page: &str) -> String {
+    let start = page
+        .find(".SH SYNOPSIS\n.nf\n")
+        .expect("a SYNOPSIS section")
+        + 17;
+    let end = start + page[start..].find("\n.fi").expect("the synopsis ends");
+    page[start..end].replace("\\-", "-")
+}
+
+#[test]
+fn man_pages_say_values_commands_environment_and_files_and_agree_with_readme() {
+    let readme = std::fs::read_to_string(bins::workspace_root().join("README.md"))
+        .expect("README.md is readable");
+    let server = stdout_of(&bins::server_bin(), &["--manpage"]);
+    let client = stdout_of(&bins::client_bin(), &["--manpage"]);
+    for (name, page, vars) in [
+        (
+            "chat-server",
+            &server,
+            &["CHAT_COOKIE", "ERL_EPMD_PORT", "RUST_LOG"][..],
+        ),
+        (
+            "chat-client",
+            &client,
+            &[
+                "CHAT_COOKIE",
+                "ERL_EPMD_PORT",
+                "NO_COLOR",
+                "USER, LOGNAME",
+                "RUST_LOG",
+            ][..],
+        ),
+    ] {
+        // The synopsis gives every flag its value, with the README's names.
+        let synopsis = synopsis(page);
+        assert!(
+            synopsis.contains("--cookie COOKIE") && synopsis.contains("--cookie-file PATH"),
+            "{name}: {synopsis}"
+        );
+        assert!(
+            readme.contains(&synopsis),
+            "README.md lacks {name}'s synopsis:\n{synopsis}"
+        );
+        let environment = &page[page.find(".SH ENVIRONMENT").expect("ENVIRONMENT")..];
+        for var in vars {
+            assert!(environment.contains(var), "{name}: ENVIRONMENT lacks {var}");
+        }
+        assert!(page.contains(".SH FILES"), "{name}: no FILES");
+        assert!(page.contains("~/.erlang.cookie"), "{name}: no cookie file");
+        // No reference to a page nothing generates (clap's chat-server-port-mapper(1)).
+        assert!(!page.contains("port\\-mapper(1)"), "{name}: {page}");
+        // --help names the environment variables too.
+        let program = if name == "chat-server" {
+            bins::server_bin()
+        } else {
+            bins::client_bin()
+        };
+        let help = stdout_of(&program, &["--help"]);
+        for var in vars {
+            assert!(help.contains(var), "{name} --help lacks {var}");
+        }
+    }
+    assert!(client.contains(".SH \"COMMANDS IN THE CHAT\""), "{client}");
+    assert!(client.contains("/msg"), "the chat commands lack /msg");
+    assert!(server.contains(".SH \"THE PORT MAPPER\""), "{server}");
+}

@@ -57,14 +57,16 @@ fn chat_client_speaks_to_an_elixir_exmessenger_server() {
         .server_arg(server.name(), server.name())
         .cookie(BEAM_COOKIE)
         .spawn();
-    twin.expect("Could not join chatroom, reason: nick_in_use");
+    twin.expect("Could not join chatroom: nick carl is in use; pick another with --nick");
     twin.proc.expect_failure(LONG);
     let mut reserved = ctx
         .client("server")
         .server_arg(server.name(), server.name())
         .cookie(BEAM_COOKIE)
         .spawn();
-    reserved.expect("Could not join chatroom, reason: nick_not_allowed");
+    reserved.expect(
+        "Could not join chatroom: nick server is reserved for the server; pick another with --nick",
+    );
     reserved.proc.expect_failure(LONG);
     // The other leaves.
     carl.send("/quit");
@@ -174,5 +176,5 @@ fn the_line_editor_works_against_an_elixir_server() {
     ann.type_line("ld");
     carl.expect_say("ann", "hello world");
     ann.submit("/users");
-    ann.expect_from_server("server: users: ann, carl");
+    ann.expect_exact_row("* Users in the room: ann, carl *");
 }

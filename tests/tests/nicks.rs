@@ -13,14 +13,15 @@ fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Starts a client that must be refused at start-up with `reason`; checks the message
-/// and the exit status 1, and returns the refusal line.
+/// Starts a client that must be refused at start-up with `reason` (the words after
+/// `Could not join chatroom: `, or their start); checks the message and the exit
+/// status 1, and returns the refusal line.
 #[track_caller]
 fn expect_refused(ctx: &Ctx, server: &Server, nick: &str, reason: &str) -> String {
     let mut client = ctx.client(nick).to(server).spawn();
     let line = client
         .proc
-        .expect_output(&format!("Could not join chatroom, reason: {reason}"), LONG);
+        .expect_output(&format!("Could not join chatroom: {reason}"), LONG);
     let code = client.proc.expect_failure(LONG);
     if code != 1 {
         client.proc.fail(&format!(
@@ -36,7 +37,12 @@ fn server_is_refused_in_any_letter_case() {
     let server = ctx.start_server("server@localhost", &[]);
     let mut ann = ctx.join(&server, "ann");
     for nick in ["server", "SERVER", "Server"] {
-        expect_refused(&ctx, &server, nick, "nick_not_allowed");
+        expect_refused(
+            &ctx,
+            &server,
+            nick,
+            &format!("nick {nick} is reserved for the server; pick another with --nick"),
+        );
     }
     // Nobody joined, as far as the room can tell.
     ann.expect_not_received("has joined");
@@ -64,7 +70,12 @@ fn nick_in_use_is_refused() {
     let mut bob = ctx.join(&server, "bob");
     ann.expect_joined("bob");
 
-    expect_refused(&ctx, &server, "ann", "nick_in_use");
+    expect_refused(
+        &ctx,
+        &server,
+        "ann",
+        "nick ann is in use; pick another with --nick",
+    );
 
     // The first ann is untouched: still in the room, still chatting, nobody saw a leave.
     ann.send("I am the real ann");
@@ -81,11 +92,16 @@ fn invalid_nicks_are_refused_with_a_reason() {
 
     let too_long = "a".repeat(33);
     for nick in [too_long.as_str(), "jo hn"] {
-        let line = expect_refused(&ctx, &server, nick, "invalid_nick (");
+        let line = expect_refused(
+            &ctx,
+            &server,
+            nick,
+            &format!("nick {nick} is not allowed ("),
+        );
         let reason = line
-            .split("invalid_nick (")
+            .split(" is not allowed (")
             .nth(1)
-            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|r| r.strip_suffix("); pick another with --nick"))
             .unwrap_or("");
         assert!(
             !reason.trim().is_empty(),
@@ -149,7 +165,7 @@ fn nick_freed_by_leave_is_free_again() {
 
     // Now the first client cannot get its nick back.
     ann.send("/join");
-    ann.expect("Could not join chatroom, reason: nick_in_use");
+    ann.expect("Could not join chatroom: nick ann is in use; pick another with --nick");
     assert!(
         ann.proc.try_status().is_none(),
         "a refused /join must not end the client"
@@ -207,7 +223,12 @@ fn look_alike_and_invisible_nicks_are_refused_with_a_reason() {
         assert_eq!(raw.join(nick), Reply::NickNotAllowed, "nick {nick:?}");
     }
     // The real client says why.
-    expect_refused(&ctx, &server, "Ann", "nick_in_use");
+    expect_refused(
+        &ctx,
+        &server,
+        "Ann",
+        "nick Ann is in use; pick another with --nick",
+    );
     ann.expect_not_received("has joined");
     assert_eq!(ann.users(), strings(&["ann"]));
 

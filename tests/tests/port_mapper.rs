@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use chat_tests::net::{DetachedMapperGuard, epmd_names, free_port, poll_until, wait_for_listener};
-use chat_tests::{Ctx, LONG, Proc, Server, Signal, WAIT};
+use chat_tests::{Ctx, LONG, Proc, Server, Signal, Stream, WAIT};
 
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -121,6 +121,20 @@ fn without_a_mapper_the_server_starts_one_detached() {
     );
     let mut ann = ctx.join(&server, "ann");
     assert_eq!(ann.users(), strings(&["ann"]));
+    // Said once in the log, with how to stop it (every line before `joined` is read).
+    server.proc.expect_stderr_line("joined nick=ann", WAIT);
+    let said: Vec<String> = server
+        .proc
+        .lines(Stream::Stderr)
+        .into_iter()
+        .filter(|line| line.contains("port mapper"))
+        .collect();
+    assert!(
+        said.len() == 1
+            && said[0].contains("started a port mapper in the background")
+            && said[0].contains(&format!("kill {}", pids[0])),
+        "expected one line about starting the port mapper, with its pid: {said:#?}"
+    );
 
     // The mapper outlives the server that started it, and forgets the server.
     server.terminate();
@@ -152,6 +166,38 @@ fn client_error_unknown_node_name() {
     assert!(
         line.contains(&format!("port mapper at localhost:{}", ctx.epmd_port())),
         "the message does not say which port mapper was asked: {line:?}"
+    );
+    // What to do about it, and the names that are there (a typo shows).
+    assert!(
+        line.contains("start chat-server there, or check the name given to --server"),
+        "no hint: {line:?}"
+    );
+    assert!(
+        line.ends_with("the names registered there: server"),
+        "the names registered are not listed: {line:?}"
+    );
+    assert_eq!(client.proc.expect_failure(LONG), 1);
+}
+
+#[test]
+fn client_error_another_node_answers_names_it() {
+    // `--server alive@host:PORT` skips the port mapper: whoever listens there answers.
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &[]);
+    let mut client = ctx
+        .client("ann")
+        .server_arg(
+            &format!("chat@localhost:{}", server.port()),
+            "chat@localhost",
+        )
+        .spawn();
+    client.proc.expect_stderr_line(
+        &format!(
+            "Could not connect to chat@localhost:{port}: server@localhost answered, not \
+             chat@localhost; to talk to it, use --server server@localhost:{port}",
+            port = server.port()
+        ),
+        LONG,
     );
     assert_eq!(client.proc.expect_failure(LONG), 1);
 }
@@ -190,9 +236,12 @@ fn client_error_connection_refused() {
     let line = client
         .proc
         .expect_stderr_line("Could not connect to server@localhost", LONG);
-    assert!(
-        line.contains("connection refused"),
-        "expected `connection refused`, got {line:?}"
+    assert_eq!(
+        line,
+        format!(
+            "Could not connect to server@localhost:{port}: connection refused by localhost:{port}"
+        ),
+        "expected the target as given and `connection refused` with the port"
     );
     assert_eq!(client.proc.expect_failure(LONG), 1);
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use chat_tests::net::RecordingProxy;
 use chat_tests::nodes::sorted;
 use chat_tests::{COOKIE, Client, Ctx, LONG, PtyClient, RawClient, Server, Signal, WAIT, keys};
-use protocol::{ClientMessage, Reply};
 
 const NAME: &str = "server@localhost";
 
@@ -103,7 +102,7 @@ fn both_terminal_clients_come_back_after_the_server_is_killed() {
     bob.submit("so we are");
     ann.expect_from_server("bob: so we are");
     ann.type_line("/users");
-    ann.expect_from_server("server: users: ann, bob");
+    ann.expect_exact_row("* Users in the room: ann, bob *");
 
     // One "lost" line each, not one per attempt.
     for client in [&mut ann, &mut bob] {
@@ -178,11 +177,11 @@ fn a_nick_taken_while_away_is_reported_and_join_works_once_it_is_free() {
     // cannot get there first, whatever her backoff.
     ann.pty.signal(Signal::Stop);
     let server = restart(&ctx, &server);
-    let (mut usurper, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "ann");
+    let (usurper, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "ann");
     ann.pty.signal(Signal::Cont);
 
     ann.expect_exact_row_within(&format!("* Reconnected to {NAME} *"), LONG);
-    ann.expect_exact_row("Could not join chatroom, reason: nick_in_use");
+    ann.expect_exact_row("Could not join chatroom: nick ann is in use; pick another with --nick");
     // Where she stands, since "Reconnected" alone suggests she is back in the room.
     ann.expect_exact_row("You are not in the chatroom; use /join to try again");
     ann.expect_input("");
@@ -191,9 +190,19 @@ fn a_nick_taken_while_away_is_reported_and_join_works_once_it_is_free() {
     ann.submit("anyone?");
     ann.expect_exact_row("You are not in the chatroom; use /join");
 
-    // The usurper leaves; ann joins again by hand.
-    usurper.send(&ClientMessage::Leave);
-    assert_eq!(usurper.expect_reply(), Reply::Left);
+    // Lost again while out of the room: back, she is told she is still out, rather
+    // than left to think "Reconnected" put her back in the room.
+    drop(usurper);
+    let mut server = server;
+    server.proc.signal(Signal::Kill);
+    server.proc.wait_exit(LONG);
+    expect_lost(&mut ann);
+    let server = restart(&ctx, &server);
+    ann.expect_exact_row_within(&format!("* Reconnected to {NAME} *"), LONG);
+    ann.expect_exact_row("You are not in the chatroom; use /join");
+    ann.expect_input("");
+
+    // The nick is free on the new server; ann joins again by hand.
     ann.type_line("/join");
     let users = ann.expect_banner();
     assert_eq!(users, ["ann"]);
@@ -378,4 +387,55 @@ fn a_wrong_cookie_after_a_restart_ends_reconnecting_with_exit_1() {
         LONG,
     );
     assert_eq!(ann.proc.expect_failure(LONG), 1);
+}
+
+/// `line` without its `HH:MM ` stamp, if it has one.
+fn unstamped(line: &str) -> Option<&str> {
+    let b = line.as_bytes();
+    let stamped = b.len() > 6
+        && b[..2].iter().all(u8::is_ascii_digit)
+        && b[2] == b':'
+        && b[3..5].iter().all(u8::is_ascii_digit)
+        && b[5] == b' ';
+    stamped.then(|| &line[6..])
+}
+
+#[test]
+fn with_timestamps_the_lost_and_reconnected_lines_are_stamped_and_help_is_not_repeated() {
+    let ctx = Ctx::new();
+    let mut server = ctx.start_server(NAME, &[]);
+    let mut ann = ctx
+        .client("ann")
+        .to(&server)
+        .reconnect()
+        .args(&["--timestamps"])
+        .join_pty();
+    server.proc.signal(Signal::Kill);
+    server.proc.wait_exit(LONG);
+    ann.expect_line_where("HH:MM Connection to ... lost ...", LONG, |line| {
+        unstamped(line).is_some_and(is_lost_line)
+    });
+    let server = restart(&ctx, &server);
+    let back = format!("* Reconnected to {NAME} *");
+    ann.expect_line_where(&format!("HH:MM {back}"), LONG, |line| {
+        unstamped(line) == Some(back.as_str())
+    });
+    // A fresh join on the new server: the banner again, without the hint to /help.
+    ann.expect_row("* Users in the room: ann *");
+    ann.type_line("/users");
+    ann.expect_row("* Users in the room: ann *");
+    ann.expect_input("");
+    let snap = ann.snapshot();
+    let hints = snap
+        .rows
+        .iter()
+        .filter(|r| r.text.contains("* Type /help for options *"))
+        .count();
+    assert_eq!(
+        hints,
+        1,
+        "the hint to /help after a reconnect:\n{}",
+        snap.dump()
+    );
+    drop(server);
 }

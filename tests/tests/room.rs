@@ -44,6 +44,7 @@ fn join_banners_and_user_lists() {
     ann.expect(&format!("Connecting to server@localhost from {own} ..."));
     ann.expect("Connected");
     assert_eq!(ann.expect_banner(), strings(&["ann"]));
+    ann.expect("* Type /help for options *");
 
     let mut bob = ctx.client("bob").to(&server).spawn();
     assert_eq!(sorted(&bob.expect_banner()), strings(&["ann", "bob"]));
@@ -104,7 +105,7 @@ fn nick_defaults_to_user() {
 fn join_while_joined_is_refused_without_ending_the_client() {
     let (_ctx, _server, mut ann, mut bob, _carol) = room();
     ann.send("/join");
-    ann.expect("Could not join chatroom, reason: already_joined");
+    ann.expect("Could not join chatroom: you are already in the room");
     bob.expect_not_received("ann has joined");
     ann.send("still in");
     bob.expect_say("ann", "still in");
@@ -211,7 +212,10 @@ fn leave_then_join_with_the_same_nick() {
         sorted(&chat_tests::nodes::parse_list(&users, "* Users in the room: ", " *").unwrap()),
         strings(&["ann", "bob", "carol"])
     );
-    ann.expect("* Type /help for options *");
+    // The hint to /help came with the first join only (the same list answers /users).
+    ann.send("/users");
+    ann.proc
+        .expect_no_line_before("* Type /help for options *", "* Users in the room: ", WAIT);
     bob.expect_joined("ann");
     carol.expect_joined("ann");
 
@@ -325,4 +329,31 @@ fn help_lists_the_commands() {
         }
     }
     bob.expect_not_received("/help");
+}
+
+#[test]
+fn commands_ignore_letter_case_and_accept_irc_names() {
+    let (_ctx, _server, mut ann, mut bob, _carol) = room();
+    // A private message is echoed to its sender, as IRC clients show it.
+    ann.send("/PM bob psst");
+    bob.expect_private("ann", "psst");
+    ann.expect("-> bob: psst");
+    ann.send("/msg bob again");
+    bob.expect_private("ann", "again");
+    ann.expect("-> bob: again");
+    ann.send("/Names");
+    ann.expect_users_answer();
+    // A command that takes nothing refuses what it is given, rather than ignore it.
+    ann.send("/users extra");
+    ann.expect("Usage: /users (it takes no arguments)");
+    ann.send("/me waves");
+    ann.expect("There is no /me here");
+    bob.expect_not_received("waves");
+    ann.send("/help");
+    for name in ["/part", "/names", "/msg", "/me"] {
+        ann.expect(name);
+    }
+    ann.send("/part");
+    ann.expect("You have exited the chatroom");
+    bob.expect_left("ann");
 }

@@ -236,7 +236,7 @@ fn a_fake_server_guessing_the_cookie_gets_nothing_to_test_offline() {
         .server_arg(&format!("server@localhost:{port}"), "server@localhost")
         .spawn();
     client.proc.expect_stderr_line(
-        "Could not connect to server@localhost: not allowed (check the cookie)",
+        &format!("Could not connect to server@localhost:{port}: not allowed (check the cookie)"),
         LONG,
     );
     assert_eq!(client.proc.expect_failure(LONG), 1);

@@ -275,7 +275,7 @@ fn tab_completes_commands() {
         );
     }
     ann.expect_input("");
-    bob.expect_not_received("help");
+    bob.expect_not_received("show this list");
 }
 
 #[test]
@@ -400,6 +400,22 @@ fn timestamps_prefix_incoming_lines_with_local_time_in_a_terminal_and_a_pipe() {
     }
     // The input line has no timestamp.
     ann.expect_input("");
+    // A line of the user's own is stamped once entered, as what arrives is.
+    let before = clock(offset);
+    ann.type_line("my own line");
+    bob.expect_say("ann", "my own line");
+    ann.expect_input("");
+    let own = format!("{}my own line", ann.prompt());
+    // Waits for the stamped copy, not the editor's own (which comes first).
+    let row = ann.expect_line_where(&format!("HH:MM {own}"), chat_tests::WAIT, |line| {
+        line.len() == own.len() + 6 && line.ends_with(&own) && line.as_bytes()[2] == b':'
+    });
+    let times = [before, clock(offset)];
+    if !stamped(&row, &own, &times) {
+        ann.fail(&format!(
+            "expected {own:?} after a local HH:MM among {times:?} (TZ={tz}), got {row:?}"
+        ));
+    }
 }
 
 #[test]
@@ -429,15 +445,15 @@ fn four_kinds(colour: bool) -> (Ctx, Server, PtyClient, [usize; 4], Vec<u8>) {
     ann.expect_from_server("bob: a room message");
     bob.send("/pm ann a private message");
     ann.expect_from_server("bob (private): a private message");
-    ann.type_line("/users");
-    ann.expect_from_server("server: users: ann, bob");
+    ann.type_line("/pm nobody hello");
+    ann.expect_from_server("server: no user named nobody in the room; message not sent");
     ann.expect_input("");
 
     let want = [
         format!("{s}> bob: a room message"),
         format!("{s}> bob (private): a private message"),
         format!("{s}> * bob has joined *"),
-        format!("{s}> server: users: ann, bob"),
+        format!("{s}> server: no user named nobody in the room; message not sent"),
     ];
     let snap = ann.snapshot();
     let mut rows = [0; 4];
@@ -495,6 +511,31 @@ fn no_colours_with_no_color() {
 }
 
 #[test]
+fn no_colours_from_a_pipe_even_on_a_terminal() {
+    // `cat | chat-client`: pipe mode (no prompt, every line in order), whose output is
+    // never coloured, even when it goes to a terminal.
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &[]);
+    let mut ann = ctx
+        .client("ann")
+        .to(&server)
+        .env_remove("NO_COLOR")
+        .stdin_piped()
+        .spawn_pty();
+    ann.expect_banner();
+    let mut bob = ctx.join(&server, "bob");
+    ann.expect_from_server("* bob has joined *");
+    bob.send("/pm ann a private message");
+    ann.expect_from_server("bob (private): a private message");
+    let raw = ann.pty.raw_output();
+    assert!(
+        sgr_sequences(&raw).is_empty(),
+        "escape sequences in pipe mode: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
 fn no_colours_in_a_pipe_even_without_no_color() {
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &[]);
@@ -517,5 +558,63 @@ fn no_colours_in_a_pipe_even_without_no_color() {
     assert!(
         escaped.is_empty(),
         "escape sequences in a pipe: {escaped:?}"
+    );
+}
+
+/// The rows on screen that contain `needle`.
+fn rows_containing(snap: &Snapshot, needle: &str) -> usize {
+    snap.rows.iter().filter(|r| r.text.contains(needle)).count()
+}
+
+#[test]
+fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
+    // Started from an interactive shell, as a user does: Ctrl-Z stops it, `fg` goes on.
+    let ctx = Ctx::new();
+    let server = ctx.start_server("server@localhost", &[]);
+    let mut ann = ctx.client("ann").to(&server).in_shell().join_pty();
+    let mut bob = ctx.join(&server, "bob");
+    ann.expect_from_server("* bob has joined *");
+    ann.keys("hello wor");
+    ann.expect_input("hello wor");
+    ann.keys(keys::CTRL_Z);
+    ann.expect_row("Stopped");
+    ann.keys("fg\r");
+    // The prompt and the half-typed line are back, and the editor has the keys again.
+    ann.expect_input("hello wor");
+    ann.keys("ld");
+    ann.expect_input("hello world");
+    ann.keys(keys::ENTER);
+    bob.expect_say("ann", "hello world");
+    ann.expect_input("");
+    ann.type_line("next");
+    bob.expect_say("ann", "next");
+    ann.expect_row("> next");
+    ann.expect_input("");
+    let snap = ann.snapshot();
+    for line in ["hello world", "next"] {
+        assert_eq!(
+            rows_containing(&snap, line),
+            1,
+            "{line:?} is not on screen exactly once:\n{}",
+            snap.dump()
+        );
+    }
+}
+
+#[test]
+fn after_a_resize_no_stale_copy_of_the_typed_line_stays() {
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
+    ann.keys("a draft that is being typed");
+    ann.expect_input("a draft that is being typed");
+    ann.pty.resize(60, 20);
+    bob.send("after the resize");
+    ann.expect_from_server("bob: after the resize");
+    ann.expect_input("a draft that is being typed");
+    let snap = ann.snapshot();
+    assert_eq!(
+        rows_containing(&snap, "a draft that is being typed"),
+        1,
+        "a stale copy of the typed line stays:\n{}",
+        snap.dump()
     );
 }

@@ -4,11 +4,12 @@
 //! loss, no reordering and exit status 0.
 //!
 //! Timings are never asserted: this machine is shared and its numbers move. The binaries
-//! are those of this test build: `chat-bench` from cargo (`CARGO_BIN_EXE_chat-bench`), and
-//! `chat-server` from `CHAT_SERVER_BIN`, else `CHAT_BIN_DIR` (as the workspace tests use
-//! it), else the same target directory, brought up to date there the way the workspace
-//! tests do it (`tests/src/bins.rs`: a no-op when `cargo test --workspace` already built
-//! it).
+//! are those of this test build, never built from here (no `cargo build` inside `cargo
+//! test`): `chat-bench` from cargo (`CARGO_BIN_EXE_chat-bench`), and `chat-server` from
+//! `CHAT_SERVER_BIN`, else `CHAT_BIN_DIR` (as the workspace tests use it), else the same
+//! target directory, where `cargo test --workspace` builds it (chat-server's own
+//! integration tests need it). Alone, `cargo test -p chat-bench` needs `cargo build -p
+//! chat-server` first, and says so.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -43,28 +44,12 @@ fn server_bin() -> PathBuf {
     let bench = bench_bin();
     let profile_dir = bench.parent().expect("chat-bench lives in a directory");
     let server = profile_dir.join("chat-server");
-    // Built (a no-op when up to date) even if present: a stale binary would be measured.
-    {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "-p", "chat-server", "--bin", "chat-server"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"));
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cargo.arg("--release");
-            }
-            Some(other) => {
-                cargo.args(["--profile", other]);
-            }
-        }
-        if let Some(target_dir) = profile_dir.parent() {
-            cargo.env("CARGO_TARGET_DIR", target_dir);
-        }
-        let status = cargo.status().expect("cargo runs");
-        assert!(status.success(), "building chat-server failed: {status}");
-    }
+    assert!(
+        server.is_file(),
+        "no chat-server at {}: run `cargo test --workspace`, or `cargo build -p chat-server` \
+         (same profile) before `cargo test -p chat-bench`, or set CHAT_BIN_DIR",
+        server.display()
+    );
     server
 }
 

@@ -1,8 +1,9 @@
 //! Command-line flags, and what they resolve to once defaults are filled in.
 //!
 //! ```text
-//! chat-client [--server alive@host[:PORT][,alive@host[:PORT]...]] [--nick NICK] [--name N | --sname N]
-//!             [--cookie C] [--cookie-file F] [--no-reconnect] [--timestamps]
+//! chat-client [--server ALIVE@HOST[:PORT][,ALIVE@HOST[:PORT]...]] [--nick NICK]
+//!             [--name ALIVE@HOST | --sname ALIVE] [--cookie COOKIE] [--cookie-file PATH]
+//!             [--no-reconnect] [--timestamps]
 //!             [--backlog N] [--erlang]
 //! ```
 //!
@@ -29,14 +30,15 @@ const MAX_DERIVED_ALIVE_LEN: usize = 64;
 #[command(
     name = "chat-client",
     version,
-    about = "Join an ExMessenger chat room and talk in it."
+    about = "Join an ExMessenger chat room and talk in it.",
+    after_help = crate::manual::help_footer()
 )]
 pub struct Args {
     /// The chat server's node name; with :PORT the port mapper is skipped. Several
     /// nodes of one cluster, comma-separated, are tried in turn, at start and after a
     /// lost connection (failover). Default: server@HOST, HOST being this machine's
     /// short host name.
-    #[arg(long, value_name = "alive@host[:PORT],...", value_delimiter = ',')]
+    #[arg(long, value_name = "ALIVE@HOST[:PORT],...", value_delimiter = ',')]
     pub server: Option<Vec<ServerTarget>>,
 
     /// The nick to join the room with. Default: $USER (or $LOGNAME).
@@ -45,11 +47,11 @@ pub struct Args {
 
     /// This client's full node name, alive@host. Default: NICK@HOST, HOST being this
     /// machine's short host name.
-    #[arg(long, value_name = "alive@host", value_parser = NodeName::parse_long, conflicts_with = "sname")]
+    #[arg(long, value_name = "ALIVE@HOST", value_parser = NodeName::parse_long, conflicts_with = "sname")]
     pub name: Option<NodeName>,
 
     /// This client's short node name: alive, or alive@host with no dots in host.
-    #[arg(long, value_name = "alive", value_parser = NodeName::parse_short)]
+    #[arg(long, value_name = "ALIVE", value_parser = NodeName::parse_short)]
     pub sname: Option<NodeName>,
 
     /// The shared secret (visible to other local users; prefer CHAT_COOKIE or
@@ -58,7 +60,7 @@ pub struct Args {
     pub cookie: Option<String>,
 
     /// A file holding the cookie. Default: ~/.erlang.cookie, created if missing.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "PATH")]
     pub cookie_file: Option<PathBuf>,
 
     /// Exit with status 1 when the connection to the server is lost, instead of

@@ -1,7 +1,10 @@
 //! Parsing one line of user input into a [`Command`].
 //!
 //! Commands are recognised only at the very start of a line: `/help`, `/join`, `/leave`,
-//! `/users`, `/pm <nick> <message>` and `/quit`. Everything else is said to the room, so a
+//! `/users`, `/pm <nick> <message>` and `/quit`, in any letter case, and IRC's names for
+//! three of them: `/part` (leave), `/names` (users) and `/msg` (pm). A command that takes
+//! no arguments refuses some (`/users extra` is a usage error, not `/users`). IRC's `/me`
+//! is named as missing rather than unknown. Everything else is said to the room, so a
 //! line that merely *contains* `/pm` is an ordinary message (the original client treated
 //! it as a private message). A line starting with `//` says the rest literally, which is
 //! how a message that starts with `/` gets sent. Blank lines are ignored.
@@ -42,6 +45,10 @@ pub enum CommandError {
     Unknown(String),
     /// `/pm` without a nick or without a message.
     PmUsage,
+    /// A command that takes no arguments was given some; holds the command, lower case.
+    NoArguments(&'static str),
+    /// IRC's `/me`: there are no actions in this room.
+    NoActions,
 }
 
 impl fmt::Display for CommandError {
@@ -49,6 +56,12 @@ impl fmt::Display for CommandError {
         match self {
             Self::Unknown(word) => write!(f, "Unknown command {word}; type /help for the list"),
             Self::PmUsage => f.write_str("Usage: /pm <nick> <message>"),
+            Self::NoArguments(command) => {
+                write!(f, "Usage: {command} (it takes no arguments)")
+            }
+            Self::NoActions => {
+                f.write_str("There is no /me here (no actions in this room); just say it")
+            }
         }
     }
 }
@@ -75,13 +88,21 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         return Ok(Some(Command::Say(rest.to_string())));
     }
     let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-    let command = match word {
-        "help" => Command::Help,
-        "join" => Command::Join,
-        "leave" => Command::Leave,
-        "users" => Command::Users,
-        "quit" => Command::Quit,
-        "pm" => parse_pm(args)?,
+    let alone = |command: Command, name: &'static str| {
+        if args.trim().is_empty() {
+            Ok(command)
+        } else {
+            Err(CommandError::NoArguments(name))
+        }
+    };
+    let command = match word.to_lowercase().as_str() {
+        "help" => alone(Command::Help, "/help")?,
+        "join" => alone(Command::Join, "/join")?,
+        "leave" | "part" => alone(Command::Leave, "/leave")?,
+        "users" | "names" => alone(Command::Users, "/users")?,
+        "quit" => alone(Command::Quit, "/quit")?,
+        "pm" | "msg" => parse_pm(args)?,
+        "me" => return Err(CommandError::NoActions),
         _ => return Err(CommandError::Unknown(format!("/{word}"))),
     };
     Ok(Some(command))
@@ -106,20 +127,25 @@ fn parse_pm(args: &str) -> Result<Command, CommandError> {
 /// The commands, as typed at the start of a line (what Tab completes).
 pub const COMMANDS: [&str; 6] = ["/help", "/join", "/leave", "/users", "/pm", "/quit"];
 
-/// The lines `/help` prints: one per command, then one for everything else.
+/// The IRC names accepted for commands, as (IRC name, command).
+pub const ALIASES: [(&str, &str); 3] = [("/part", "/leave"), ("/names", "/users"), ("/msg", "/pm")];
+
+/// The lines `/help` prints (and the man page's "commands in the chat"): one per
+/// command, then two for everything else.
+pub const HELP: [&str; 8] = [
+    "/help                  show this list",
+    "/join                  join the chatroom",
+    "/leave                 leave the chatroom (you stay connected); IRC's /part works too",
+    "/users                 list the users in the chatroom; IRC's /names works too",
+    "/pm <nick> <message>   send a private message to <nick>; IRC's /msg works too",
+    "/quit                  leave the chatroom and exit",
+    "Any other text is said to everyone in the chatroom; //text says \"/text\".",
+    "Commands work in any letter case (/PM); there is no /me: just say it.",
+];
+
+/// The lines `/help` prints, as [`HELP`].
 pub fn help() -> Vec<String> {
-    [
-        "/help                  show this list",
-        "/join                  join the chatroom",
-        "/leave                 leave the chatroom (you stay connected)",
-        "/users                 list the users in the chatroom",
-        "/pm <nick> <message>   send a private message to <nick>",
-        "/quit                  leave the chatroom and exit",
-        "Any other text is said to everyone in the chatroom; //text says \"/text\".",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect()
+    HELP.into_iter().map(String::from).collect()
 }
 
 /// Completion candidates for the text left of the cursor, given the nicks in the room.
@@ -127,27 +153,27 @@ pub fn help() -> Vec<String> {
 /// Returns where the completed word starts (a byte offset into `before_cursor`) and its
 /// possible replacements, each ending with a space so the user can type on: a command
 /// while the line is a single word starting with `/` (`/he` -> `/help `), and a nick
-/// (matched ignoring case) in the first argument of `/pm `. Anything else has none.
+/// (matched ignoring case) in the first argument of `/pm ` (or `/msg `, in any case).
+/// Anything else has none.
 pub fn complete(before_cursor: &str, nicks: &[String]) -> (usize, Vec<String>) {
     let none = (0, Vec::new());
     let Some(rest) = before_cursor.strip_prefix('/') else {
         return none;
     };
     if !rest.contains(char::is_whitespace) {
+        let typed = before_cursor.to_lowercase();
         let candidates = COMMANDS
             .iter()
-            .filter(|command| command.starts_with(before_cursor))
+            .filter(|command| command.starts_with(&typed))
             .map(|command| format!("{command} "))
             .collect();
         return (0, candidates);
     }
-    let Some(args) = rest.strip_prefix("pm") else {
-        return none;
-    };
-    if !args.starts_with(char::is_whitespace) {
+    let command = rest.split(char::is_whitespace).next().unwrap_or(rest);
+    if !matches!(command.to_lowercase().as_str(), "pm" | "msg") {
         return none;
     }
-    let word = args.trim_start();
+    let word = rest[command.len()..].trim_start();
     if word.contains(char::is_whitespace) {
         // Past the nick: the message itself.
         return none;
@@ -244,7 +270,10 @@ mod tests {
             parse("/pmbob hi"),
             Err(CommandError::Unknown("/pmbob".into()))
         );
-        assert_eq!(parse("/HELP"), Err(CommandError::Unknown("/HELP".into())));
+        assert_eq!(
+            parse("/HELPME"),
+            Err(CommandError::Unknown("/HELPME".into()))
+        );
         assert_eq!(parse("/"), Err(CommandError::Unknown("/".into())));
         assert_eq!(
             CommandError::Unknown("/word".into()).to_string(),
@@ -266,7 +295,57 @@ mod tests {
                 .any(|line| line.contains("/pm <nick> <message>"))
         );
         assert!(help.iter().any(|line| line.contains("//text")));
-        assert_eq!(help.len(), COMMANDS.len() + 1, "one line per command");
+        for (alias, _) in ALIASES {
+            assert!(help.iter().any(|line| line.contains(alias)), "{alias}");
+        }
+        assert!(help.iter().any(|line| line.contains("/me")));
+        assert_eq!(help.len(), COMMANDS.len() + 2, "one line per command");
+    }
+
+    #[test]
+    fn commands_ignore_letter_case() {
+        assert_eq!(ok("/HELP"), Command::Help);
+        assert_eq!(ok("/Quit"), Command::Quit);
+        assert_eq!(
+            ok("/PM bob Hi There"),
+            Command::Private {
+                to: "bob".into(),
+                text: "Hi There".into()
+            }
+        );
+    }
+
+    #[test]
+    fn irc_names_are_accepted() {
+        assert_eq!(ok("/part"), Command::Leave);
+        assert_eq!(ok("/names"), Command::Users);
+        assert_eq!(
+            ok("/msg bob hi"),
+            Command::Private {
+                to: "bob".into(),
+                text: "hi".into()
+            }
+        );
+        for (alias, command) in ALIASES {
+            assert!(COMMANDS.contains(&command));
+            assert!(parse(alias).is_ok() || parse(&format!("{alias} a b")).is_ok());
+        }
+        assert_eq!(parse("/me waves"), Err(CommandError::NoActions));
+        assert!(CommandError::NoActions.to_string().contains("/me"));
+    }
+
+    #[test]
+    fn commands_without_arguments_refuse_some() {
+        assert_eq!(
+            parse("/users extra"),
+            Err(CommandError::NoArguments("/users"))
+        );
+        assert_eq!(parse("/NAMES x"), Err(CommandError::NoArguments("/users")));
+        assert_eq!(parse("/quit now"), Err(CommandError::NoArguments("/quit")));
+        assert_eq!(
+            CommandError::NoArguments("/users").to_string(),
+            "Usage: /users (it takes no arguments)"
+        );
     }
 
     #[test]
@@ -294,6 +373,7 @@ mod tests {
         assert_eq!(complete("", &[]), (0, vec![]));
         assert_eq!(complete(" /he", &[]), (0, vec![]));
         assert_eq!(complete("/help me", &[]), (0, vec![]));
+        assert_eq!(complete("/HE", &[]), (0, vec!["/help ".to_string()]));
     }
 
     #[test]
@@ -310,6 +390,8 @@ mod tests {
         // Not in the nick's place.
         assert_eq!(complete("/pm bob hi an", &room), (0, vec![]));
         assert_eq!(complete("/pmb", &room), (0, vec![]));
+        assert_eq!(complete("/PM an", &room).1.len(), 2);
+        assert_eq!(complete("/msg b", &room), (5, vec!["bob ".to_string()]));
         assert_eq!(complete("/users an", &room), (0, vec![]));
         assert_eq!(complete("say /pm an", &room), (0, vec![]));
         // Non-ASCII nicks are offsets in bytes.

@@ -129,7 +129,11 @@ pub enum ConnectError {
         port: u16,
     },
     /// The port mapper answered, but no node of that name is registered.
-    #[error("no node named {alive} on {host} (port mapper at {host}:{port})")]
+    #[error(
+        "no node named {alive} on {host} (port mapper at {host}:{port}); start chat-server \
+         there, or check the name given to --server{}",
+        registered_there(known)
+    )]
     NoSuchNode {
         /// The name asked for.
         alive: String,
@@ -137,6 +141,8 @@ pub enum ConnectError {
         host: String,
         /// The mapper port.
         port: u16,
+        /// The names the port mapper does know (a few, escaped), to spot a typo.
+        known: Vec<String>,
     },
     /// The port mapper failed in some other way.
     #[error("port mapper on {host}: {source}")]
@@ -148,8 +154,13 @@ pub enum ConnectError {
         source: PortmapError,
     },
     /// Nothing listens on the server's port.
-    #[error("connection refused")]
-    Refused,
+    #[error("connection refused by {host}:{port}")]
+    Refused {
+        /// The server's host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
     /// The TCP connection did not complete in time.
     #[error("timed out connecting to {host}:{port}")]
     ConnectTimeout {
@@ -161,6 +172,18 @@ pub enum ConnectError {
     /// Some other socket error.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Another node answered at the server's address: the name given is not its name.
+    /// `answered` is escaped (it came from the network).
+    #[error("{answered} answered, not {asked}; to talk to it, use --server {answered}{}",
+            port.map(|p| format!(":{p}")).unwrap_or_default())]
+    WrongNode {
+        /// The node asked for.
+        asked: String,
+        /// The node that answered, escaped.
+        answered: String,
+        /// The port given with `--server`, if any.
+        port: Option<u16>,
+    },
     /// The key exchange failed: the server has another cookie (or refused ours).
     #[error("not allowed (check the cookie)")]
     NotAllowed,
@@ -180,6 +203,37 @@ pub enum ConnectError {
     /// The Erlang distribution handshake failed.
     #[error("{0}")]
     Erlang(protocol::erlang::handshake::HandshakeError),
+}
+
+/// `; the names registered there: a, b` for a non-empty list, else nothing.
+fn registered_there(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!("; the names registered there: {}", known.join(", "))
+    }
+}
+
+/// Most names of other nodes a "no node named" error lists.
+const MAX_KNOWN_NAMES: usize = 8;
+
+impl ConnectError {
+    /// Names the node that answered when it is not `target`, with the advice to ask for
+    /// it by its name; any other error is returned as it is.
+    fn naming(self, target: &ServerTarget) -> Self {
+        let answered = match &self {
+            Self::Handshake(HandshakeError::Refused(RefuseReason::WrongNode { this_node })) => {
+                this_node
+            }
+            Self::Handshake(HandshakeError::WrongServer { actual, .. }) => actual,
+            _ => return self,
+        };
+        Self::WrongNode {
+            asked: target.name.to_string(),
+            answered: protocol::unicode::escape(answered).to_string(),
+            port: target.port,
+        }
+    }
 }
 
 impl From<HandshakeError> for ConnectError {
@@ -221,7 +275,10 @@ pub async fn connect(
     let mut tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(ConnectError::Refused);
+            return Err(ConnectError::Refused {
+                host: host.to_string(),
+                port,
+            });
         }
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Err(_) => {
@@ -245,7 +302,8 @@ pub async fn connect(
     };
     let (framed, tick_ms, channel) = timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| ConnectError::HandshakeTimeout)??;
+        .map_err(|_| ConnectError::HandshakeTimeout)?
+        .map_err(|e| e.naming(target))?;
 
     // Same socket and buffers, new codec: bytes read past the handshake stay queued.
     let stream = framed.map_codec(|_| SecureCodec::new(channel));
@@ -282,6 +340,7 @@ pub(crate) async fn lookup_node(
                     alive: name.alive().to_string(),
                     host: host.to_string(),
                     port: mapper_port,
+                    known: Vec::new(),
                 });
             }
             Err(source) => {
@@ -296,6 +355,54 @@ pub(crate) async fn lookup_node(
         host: host.to_string(),
         port: mapper_port,
     })
+}
+
+impl ConnectError {
+    /// The error as told to a user who just started the client: "no node named" lists
+    /// the names the port mapper does know (a typo shows). Asks that port mapper once
+    /// more, so a reconnect, which may fail this way every second, does not.
+    pub async fn explained(self) -> Self {
+        match self {
+            Self::NoSuchNode {
+                alive, host, port, ..
+            } => {
+                let mut known = Vec::new();
+                if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await {
+                    for addr in addrs {
+                        if let Some(names) = known_names(addr).await {
+                            known = names;
+                            break;
+                        }
+                    }
+                }
+                Self::NoSuchNode {
+                    alive,
+                    host,
+                    port,
+                    known,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// A few of the names registered with the mapper at `addr`, escaped; `None` if it
+/// cannot say.
+async fn known_names(addr: SocketAddr) -> Option<Vec<String>> {
+    match portmap::names(addr).await {
+        Ok(nodes) => Some(
+            nodes
+                .into_iter()
+                .take(MAX_KNOWN_NAMES)
+                .map(|(alive, _)| protocol::unicode::escape(&alive).to_string())
+                .collect(),
+        ),
+        Err(e) => {
+            debug!(%addr, error = %e, "cannot list the port mapper's names");
+            None
+        }
+    }
 }
 
 /// Runs the client side of the handshake; returns the server's tick in milliseconds and
@@ -366,10 +473,32 @@ mod tests {
             ConnectError::NoSuchNode {
                 alive: "server".into(),
                 host: "host".into(),
-                port: 4369
+                port: 4369,
+                known: Vec::new(),
             }
             .to_string(),
-            "no node named server on host (port mapper at host:4369)"
+            "no node named server on host (port mapper at host:4369); start chat-server \
+             there, or check the name given to --server"
+        );
+        assert_eq!(
+            ConnectError::NoSuchNode {
+                alive: "server".into(),
+                host: "host".into(),
+                port: 4369,
+                known: vec!["chat".into(), "rabbit".into()],
+            }
+            .to_string(),
+            "no node named server on host (port mapper at host:4369); start chat-server \
+             there, or check the name given to --server; the names registered there: chat, rabbit"
+        );
+        let target: ServerTarget = "server@localhost:4000".parse().unwrap();
+        let wrong = ConnectError::from(HandshakeError::Refused(RefuseReason::WrongNode {
+            this_node: "chat@box".into(),
+        }))
+        .naming(&target);
+        assert_eq!(
+            wrong.to_string(),
+            "chat@box answered, not server@localhost; to talk to it, use --server chat@box:4000"
         );
         assert_eq!(
             ConnectError::NoPortMapper {
@@ -379,7 +508,14 @@ mod tests {
             .to_string(),
             "no port mapper on host:4369 (is chat-server running?)"
         );
-        assert_eq!(ConnectError::Refused.to_string(), "connection refused");
+        assert_eq!(
+            ConnectError::Refused {
+                host: "host".into(),
+                port: 4000
+            }
+            .to_string(),
+            "connection refused by host:4000"
+        );
     }
 
     #[tokio::test]
@@ -393,6 +529,7 @@ mod tests {
         let own = NodeName::parse_long("me@127.0.0.1").unwrap();
         let cookie = Cookie::new("c").unwrap();
         let err = connect(&target, &own, cookie).await.err().unwrap();
-        assert!(matches!(err, ConnectError::Refused), "{err}");
+        assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+        assert!(err.to_string().ends_with(&format!(":{port}")), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 //! `TERM=dumb`) gets the plain reader ([`plain`]), exactly as before. Both decorate lines
 //! with the same [`Style`].
 
+use std::io::{self, IsTerminal};
 use std::sync::Arc;
 
 use protocol::NodeName;
@@ -37,6 +38,16 @@ impl FrontEnd {
                 Err(e) => debug!(error = %e, "no line editor; reading plain lines"),
             }
         }
+        // Pipe mode (standard input not a terminal) never colours: what it prints is
+        // for programs as much as for people, wherever it goes.
+        let style = if io::stdin().is_terminal() {
+            style
+        } else {
+            Style {
+                colour: false,
+                ..style
+            }
+        };
         Self::Plain(Arc::new(PlainOutput::detect(own).with_style(style)))
     }
 

@@ -32,6 +32,7 @@ pub mod connect;
 pub mod erlang;
 pub mod frontend;
 mod link;
+pub mod manual;
 mod pacing;
 pub mod plain;
 mod position;

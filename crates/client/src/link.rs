@@ -388,9 +388,15 @@ impl Handler {
     /// Prints a reply, keeps the session's state, and tells a waiting front end.
     fn on_reply(&self, reply: Reply) {
         let shared = &self.context.shared;
-        let quitting = shared.quitting.load(Ordering::SeqCst);
+        let view = render::ReplyView {
+            nick: &shared.nick,
+            quitting: shared.quitting.load(Ordering::SeqCst),
+            // The banner points to /help once, not after every reconnect or /join.
+            first_join: matches!(reply, Reply::Joined { .. })
+                && !shared.hinted.swap(true, Ordering::SeqCst),
+        };
         let kind = render::reply_kind(&reply);
-        for line in render::reply(&self.context.server, &reply, quitting) {
+        for line in render::reply(&self.context.server, &reply, &view) {
             self.output().incoming(kind, &line);
         }
         let outcome = match reply {
@@ -409,7 +415,7 @@ impl Handler {
                 shared.auto_join.store(false, Ordering::SeqCst);
                 let given_up = shared.sends.start_on(self.id);
                 if given_up > 0 {
-                    self.output().line(&render::given_up(given_up));
+                    self.output().status(&render::given_up(given_up));
                 }
                 self.open_gate(limits);
                 Outcome::Joined
@@ -423,7 +429,7 @@ impl Handler {
                 ..
             } => {
                 for line in render::resumed(lost, missed) {
-                    self.output().line(&line);
+                    self.output().status(&line);
                 }
                 shared.members.replace(&users);
                 shared.position().resumed(seq);
@@ -438,7 +444,7 @@ impl Handler {
             }
             Reply::Sent { id, .. } => {
                 if let Some(sent) = shared.sends.acknowledged(id) {
-                    self.output().line(&render::pending_sent(sent));
+                    self.output().status(&render::pending_sent(sent));
                 }
                 return;
             }
@@ -463,7 +469,7 @@ impl Handler {
                 shared.sends.settle_after_leaving();
                 Outcome::Left
             }
-            other => match render::join_refusal_reason(&other) {
+            other => match render::join_refusal_reason(&other, &shared.nick) {
                 Some(reason) => {
                     // Refused: we want to be where we are (`already_joined`: in the room).
                     let joined = shared.joined.load(Ordering::SeqCst);
@@ -493,7 +499,7 @@ impl Handler {
     fn resume_failed(&self, reason: ResumeFailure) {
         let shared = &self.context.shared;
         if let Some(line) = render::resume_failed(reason, &shared.nick) {
-            self.output().line(&line);
+            self.output().status(&line);
         }
         match reason {
             ResumeFailure::EpochChanged | ResumeFailure::UnknownSession => {
@@ -518,9 +524,9 @@ impl Handler {
     fn not_in_room(&self) {
         let dropped = self.context.shared.sends.abandon();
         if dropped > 0 {
-            self.output().line(&render::dropped_not_in_room(dropped));
+            self.output().status(&render::dropped_not_in_room(dropped));
         }
-        self.output().line(&render::not_in_room_after_reconnect());
+        self.output().status(&render::not_in_room_after_reconnect());
     }
 }
 

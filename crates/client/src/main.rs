@@ -6,13 +6,15 @@
 //! cannot be reached, refuses the join at start-up, is lost with `--no-reconnect` (or for
 //! good: see [`chat_client::reconnect`]), or when some message did not reach the room
 //! (refused by the flood limit, never acknowledged, never sent), which is told on
-//! standard error. User output goes to standard output; diagnostics go through `tracing`
-//! to standard error (level `warn` unless `RUST_LOG` says otherwise).
+//! standard error; 2 for a usage error (a bad flag or node name, no nick). Failures are
+//! one line on standard error (see [`chat_node::report`]). User output goes to standard
+//! output; diagnostics go through `tracing` to standard error (level `warn` unless
+//! `RUST_LOG` says otherwise).
 
 use std::io::IsTerminal;
 
 use anyhow::Context as _;
-use chat_client::cli::{Args, Environment};
+use chat_client::cli::{Args, ConfigError, Environment};
 use chat_client::connect;
 use chat_client::frontend::FrontEnd;
 use chat_client::plain;
@@ -30,34 +32,27 @@ async fn main() {
     chat_node::logging::init("warn");
     let args = Args::parse();
     if let Some(shell) = args.completions {
-        std::process::exit(print_docs(chat_node::docs::print_completions(
-            Args::command(),
-            shell,
-        )));
+        let written = chat_node::docs::print_completions(Args::command(), shell);
+        print_docs(written.context("Could not write the completion script"));
     }
     if args.manpage {
-        std::process::exit(print_docs(chat_node::docs::print_manpage(Args::command())));
+        let written = chat_node::docs::print_manpage(Args::command(), &chat_client::manual::PAGE);
+        print_docs(written.context("Could not write the man page"));
     }
     let code = match run(args).await {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("chat-client: {e:#}");
-            FAILURE
-        }
+        Err(e) => chat_node::report::fail(e.as_ref()),
     };
     // Reading standard input blocks a thread that cannot be cancelled, so leave at once
     // instead of waiting for the runtime to shut down.
     std::process::exit(i32::from(code))
 }
 
-/// Exit status after printing completions or the man page.
-fn print_docs(written: std::io::Result<()>) -> i32 {
+/// Exits after printing completions or the man page.
+fn print_docs(written: anyhow::Result<()>) -> ! {
     match written {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("chat-client: cannot write to standard output: {e}");
-            i32::from(FAILURE)
-        }
+        Ok(()) => std::process::exit(0),
+        Err(e) => chat_node::report::fail(e.as_ref()),
     }
 }
 
@@ -65,13 +60,21 @@ fn print_docs(written: std::io::Result<()>) -> i32 {
 async fn run(args: Args) -> anyhow::Result<u8> {
     // Installed first, so a hang-up at any point is handled rather than fatal.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot handle SIGHUP")?;
+        .context("Could not start chat-client: cannot handle SIGHUP")?;
     if let Some(warning) = args.cookie_warning() {
         eprintln!("{warning}");
     }
-    let config = args
-        .resolve(&Environment::from_process())
-        .context("cannot start the client")?;
+    let config = match args.resolve(&Environment::from_process()) {
+        Ok(config) => config,
+        // Fixed on the command line: a usage error, as clap's own.
+        Err(ConfigError::NoNick) => Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                ConfigError::NoNick,
+            )
+            .exit(),
+        Err(e) => return Err(e).context("Could not start chat-client"),
+    };
     debug!(cookie = %config.cookie_source, "cookie found");
     // The nodes to try, in the order given (several: one room on a cluster).
     let mut targets: Vec<_> = std::iter::once(config.server.clone())
@@ -86,7 +89,14 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 connected = Some((i, connection));
                 break;
             }
-            Err(e) => eprintln!("{}", render::connect_failed(&server, &e.to_string())),
+            Err(e) => {
+                let e = e.explained().await;
+                // As given: with the port when --server had one.
+                eprintln!(
+                    "{}",
+                    render::connect_failed(&target.to_string(), &e.to_string())
+                );
+            }
         }
     }
     let Some((first, connection)) = connected else {

@@ -18,7 +18,9 @@
 //!
 //! Once connected it prints `* Reconnected to <server> *` and, if the user was in the
 //! room, queues a resume of the session (or a join with the same nick when there is no
-//! session to resume), then hands the new link to the front end. The answer (back in the
+//! session to resume); if not (a rejoin refused earlier, `/leave`), it says so
+//! (`You are not in the chatroom; use /join`). Then it hands the new link to the front
+//! end. These lines are status lines: timestamped with `--timestamps`. The answer (back in the
 //! room with what was missed, a fresh join, or a refusal) is handled and printed by the
 //! new link's message handler.
 //!
@@ -41,7 +43,7 @@ use tracing::debug;
 use crate::connect::{self, ConnectError, Connection, ServerTarget};
 use crate::link::{self, Context, Link, LinkWatch};
 use crate::render;
-use crate::session::SessionError;
+use crate::shared::SessionError;
 
 /// Longest a port-mapper look-up made while waiting may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,7 +121,7 @@ pub struct Redial {
 /// or the node that answers is not the one asked for (or cannot talk to us).
 pub fn is_lasting(error: &ConnectError) -> bool {
     match error {
-        ConnectError::NotAllowed => true,
+        ConnectError::NotAllowed | ConnectError::WrongNode { .. } => true,
         ConnectError::Handshake(e) => matches!(
             e,
             HandshakeError::WrongServer { .. }
@@ -174,7 +176,7 @@ pub(crate) async fn supervise(
             let _ = ended.send(Some(SessionError::Lost(loss.why)));
             return;
         }
-        context.output.line(&render::connection_lost_reconnecting(
+        context.output.status(&render::connection_lost_reconnecting(
             &context.server,
             &loss.why,
         ));
@@ -191,9 +193,13 @@ pub(crate) async fn supervise(
             at = to;
             context.server = targets[at].name.to_string();
         }
-        context.output.line(&render::reconnected(&context.server));
+        context.output.status(&render::reconnected(&context.server));
         let (link, watch) = link::start(connection, &context);
-        if shared.wants_room.load(Ordering::SeqCst) {
+        if !shared.wants_room.load(Ordering::SeqCst) {
+            // Out of the room before the loss (a refused rejoin, /leave): "Reconnected"
+            // alone would suggest otherwise.
+            context.output.status(&render::not_joined());
+        } else {
             let resume = shared.position().resume_message();
             let call = resume.unwrap_or_else(|| {
                 shared.auto_join.store(true, Ordering::SeqCst);
@@ -268,7 +274,7 @@ async fn connect_with_backoff(
             _ => Some(render::reconnect_failed(&context.server, &why, delay)),
         };
         if let Some(line) = line {
-            context.output.line(&line);
+            context.output.status(&line);
             told = Some((why, seconds));
         }
     }

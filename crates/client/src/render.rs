@@ -67,13 +67,13 @@ pub fn event_kind(event: &EventKind) -> LineKind {
 /// The kind of the lines [`reply`] renders.
 pub fn reply_kind(reply: &Reply) -> LineKind {
     match reply {
-        Reply::Users { .. }
-        | Reply::NoSuchUser { .. }
+        Reply::NoSuchUser { .. }
         | Reply::InvalidText { .. }
         | Reply::SlowDown
         | Reply::RecipientBusy { .. }
         | Reply::Unavailable { .. } => LineKind::Server,
         Reply::Joined { .. }
+        | Reply::Users { .. }
         | Reply::NickInUse
         | Reply::NickNotAllowed
         | Reply::InvalidNick { .. }
@@ -110,27 +110,34 @@ pub fn event(server: &str, event: &EventKind) -> String {
     }
 }
 
-/// The lines for the reply to one of our calls. `quitting` is true while the client is
-/// leaving to exit, when the "you can rejoin" hint would be nonsense.
-pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
+/// What the lines for a reply depend on besides the reply itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyView<'a> {
+    /// The nick this client joins with, named when a join is refused.
+    pub nick: &'a str,
+    /// Leaving to exit: the "you can rejoin" hint would be nonsense.
+    pub quitting: bool,
+    /// The first join of this process: only its banner points to `/help`.
+    pub first_join: bool,
+}
+
+/// The lines for the reply to one of our calls, as `view` says.
+pub fn reply(server: &str, reply: &Reply, view: &ReplyView<'_>) -> Vec<String> {
     match reply {
-        Reply::Joined { users, more, .. } => joined(users, *more),
+        Reply::Joined { users, more, .. } => joined(users, *more, view.first_join),
         Reply::Sent { .. } | Reply::Resumed { .. } | Reply::ResumeFailed { .. } => Vec::new(),
         Reply::NickInUse
         | Reply::NickNotAllowed
         | Reply::InvalidNick { .. }
         | Reply::AlreadyJoined { .. } => {
             vec![join_refused(
-                &join_refusal_reason(reply).unwrap_or_default(),
+                &join_refusal_reason(reply, view.nick).unwrap_or_default(),
             )]
         }
-        Reply::Left if quitting => Vec::new(),
+        Reply::Left if view.quitting => Vec::new(),
         Reply::Left => vec![left_room()],
         Reply::NotJoined => vec![not_joined()],
-        Reply::Users { users, more } => vec![from_server(
-            server,
-            &format!("users: {}", user_list(users, *more)),
-        )],
+        Reply::Users { users, more } => vec![users_line(users, *more)],
         Reply::NoSuchUser { nick } => vec![from_server(
             server,
             &format!(
@@ -168,31 +175,52 @@ pub fn reply(server: &str, reply: &Reply, quitting: bool) -> Vec<String> {
     }
 }
 
-/// For a reply that refuses a join, the reason as the original client named it
-/// (`nick_in_use`, `invalid_nick (<rule>)`, ...); `None` for any other reply.
-pub fn join_refusal_reason(reply: &Reply) -> Option<String> {
+/// For a reply that refuses a join as `nick`, why, in words, with what to do about it
+/// (`nick john is in use; pick another with --nick`); `None` for any other reply.
+pub fn join_refusal_reason(reply: &Reply, nick: &str) -> Option<String> {
+    let nick = sanitize(nick);
     match reply {
-        Reply::NickInUse => Some("nick_in_use".into()),
-        Reply::NickNotAllowed => Some("nick_not_allowed".into()),
-        Reply::InvalidNick { reason } => Some(format!("invalid_nick ({})", sanitize(reason))),
-        Reply::AlreadyJoined { .. } => Some("already_joined".into()),
+        Reply::NickInUse => Some(format!("nick {nick} is in use; pick another with --nick")),
+        Reply::NickNotAllowed => Some(format!(
+            "nick {nick} is reserved for the server; pick another with --nick"
+        )),
+        Reply::InvalidNick { reason } => Some(format!(
+            "nick {nick} is not allowed ({}); pick another with --nick",
+            sanitize(reason)
+        )),
+        Reply::AlreadyJoined { .. } => Some("you are already in the room".into()),
         _ => None,
     }
 }
 
-/// The banner printed on joining: joined, who is here, where to find help.
-/// `more` counts members a big room's answer left out.
-pub fn joined(users: &[String], more: u32) -> Vec<String> {
-    vec![
+/// The banner printed on joining: joined, who is here, and on the first join of the
+/// process (`hint`), where to find help. `more` counts members a big room's answer left
+/// out.
+pub fn joined(users: &[String], more: u32, hint: bool) -> Vec<String> {
+    let mut lines = vec![
         "* Joined the chatroom *".to_string(),
-        format!("* Users in the room: {} *", user_list(users, more)),
-        "* Type /help for options *".to_string(),
-    ]
+        users_line(users, more),
+    ];
+    if hint {
+        lines.push("* Type /help for options *".to_string());
+    }
+    lines
 }
 
-/// The line for a refused join; `reason` as from [`join_refusal_reason`].
+/// Who is in the room, in the one format of the join banner and the `/users` answer.
+pub fn users_line(users: &[String], more: u32) -> String {
+    format!("* Users in the room: {} *", user_list(users, more))
+}
+
+/// The line for a refused join; `reason` as from [`join_refusal_reason`]. It starts as
+/// the original client's did (`Could not join chatroom`).
 pub fn join_refused(reason: &str) -> String {
-    format!("Could not join chatroom, reason: {reason}")
+    format!("Could not join chatroom: {reason}")
+}
+
+/// The echo of a private message the user sent (as irssi shows it): `-> ann: text`.
+pub fn private_sent(to: &str, text: &str) -> String {
+    format!("-> {}: {}", sanitize(to), sanitize(text))
 }
 
 /// The line confirming `/leave`.
@@ -432,6 +460,13 @@ mod tests {
 
     const S: &str = "server@host";
 
+    /// A join that is not the process's first, not quitting, as `john`.
+    const VIEW: ReplyView<'static> = ReplyView {
+        nick: "john",
+        quitting: false,
+        first_join: false,
+    };
+
     fn users(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -510,9 +545,9 @@ mod tests {
                 users: users(&["a\u{7}"]),
                 more: 0,
             },
-            false,
+            &VIEW,
         );
-        assert_eq!(users, ["server@host> server: users: a\u{FFFD}"]);
+        assert_eq!(users, ["* Users in the room: a\u{FFFD} *"]);
     }
 
     #[test]
@@ -523,17 +558,43 @@ mod tests {
                 users: users(&["ann", "bob"]),
                 more: 998,
             },
-            false,
+            &VIEW,
         );
-        assert_eq!(lines, ["server@host> server: users: ann, bob and 998 more"]);
+        assert_eq!(lines, ["* Users in the room: ann, bob and 998 more *"]);
         assert_eq!(
-            joined(&users(&["ann"]), 5)[1],
+            joined(&users(&["ann"]), 5, false)[1],
             "* Users in the room: ann and 5 more *"
         );
     }
 
     #[test]
     fn join_replies() {
+        let first = ReplyView {
+            first_join: true,
+            ..VIEW
+        };
+        let joined_reply = Reply::Joined {
+            users: users(&["ann", "bob", "john"]),
+            more: 0,
+            ticket: protocol::SessionTicket {
+                id: 1,
+                secret: [0; 16],
+            },
+            epoch: 1,
+            seq: 0,
+            limits: protocol::FloodLimits {
+                interval_us: 100_000,
+                burst: 20,
+            },
+        };
+        // Only the first join of the process points to /help.
+        assert_eq!(
+            reply(S, &joined_reply, &VIEW),
+            [
+                "* Joined the chatroom *",
+                "* Users in the room: ann, bob, john *"
+            ]
+        );
         assert_eq!(
             reply(
                 S,
@@ -551,7 +612,7 @@ mod tests {
                         burst: 20,
                     },
                 },
-                false
+                &first
             ),
             [
                 "* Joined the chatroom *",
@@ -560,12 +621,14 @@ mod tests {
             ]
         );
         assert_eq!(
-            reply(S, &Reply::NickInUse, false),
-            ["Could not join chatroom, reason: nick_in_use"]
+            reply(S, &Reply::NickInUse, &VIEW),
+            ["Could not join chatroom: nick john is in use; pick another with --nick"]
         );
         assert_eq!(
-            reply(S, &Reply::NickNotAllowed, false),
-            ["Could not join chatroom, reason: nick_not_allowed"]
+            reply(S, &Reply::NickNotAllowed, &VIEW),
+            [
+                "Could not join chatroom: nick john is reserved for the server; pick another with --nick"
+            ]
         );
         assert_eq!(
             reply(
@@ -573,9 +636,11 @@ mod tests {
                 &Reply::InvalidNick {
                     reason: "nick must not be empty".into()
                 },
-                false
+                &VIEW
             ),
-            ["Could not join chatroom, reason: invalid_nick (nick must not be empty)"]
+            [
+                "Could not join chatroom: nick john is not allowed (nick must not be empty); pick another with --nick"
+            ]
         );
         assert_eq!(
             reply(
@@ -583,22 +648,41 @@ mod tests {
                 &Reply::AlreadyJoined {
                     nick: "john".into()
                 },
-                false
+                &VIEW
             ),
-            ["Could not join chatroom, reason: already_joined"]
+            ["Could not join chatroom: you are already in the room"]
         );
-        assert_eq!(join_refusal_reason(&Reply::Left), None);
+        assert_eq!(join_refusal_reason(&Reply::Left, "john"), None);
+        assert_eq!(
+            join_refusal_reason(&Reply::NickInUse, "j\u{1b}[2J"),
+            Some("nick j\u{FFFD}[2J is in use; pick another with --nick".to_string())
+        );
+    }
+
+    #[test]
+    fn a_private_message_sent_is_echoed() {
+        assert_eq!(private_sent("ann", "see you at 5"), "-> ann: see you at 5");
     }
 
     #[test]
     fn other_replies() {
         assert_eq!(
-            reply(S, &Reply::Left, false),
+            reply(S, &Reply::Left, &VIEW),
             ["You have exited the chatroom, you can rejoin with /join or quit with /quit"]
         );
-        assert!(reply(S, &Reply::Left, true).is_empty());
+        assert!(
+            reply(
+                S,
+                &Reply::Left,
+                &ReplyView {
+                    quitting: true,
+                    ..VIEW
+                }
+            )
+            .is_empty()
+        );
         assert_eq!(
-            reply(S, &Reply::NotJoined, false),
+            reply(S, &Reply::NotJoined, &VIEW),
             ["You are not in the chatroom; use /join"]
         );
         assert_eq!(
@@ -608,16 +692,16 @@ mod tests {
                     users: users(&["ann", "bob", "john"]),
                     more: 0,
                 },
-                false
+                &VIEW
             ),
-            ["server@host> server: users: ann, bob, john"]
+            ["* Users in the room: ann, bob, john *"]
         );
         assert_eq!(
-            reply(S, &Reply::NoSuchUser { nick: "bob".into() }, false),
+            reply(S, &Reply::NoSuchUser { nick: "bob".into() }, &VIEW),
             ["server@host> server: no user named bob in the room; message not sent"]
         );
         assert_eq!(
-            reply(S, &Reply::SlowDown, false),
+            reply(S, &Reply::SlowDown, &VIEW),
             ["server@host> server: slow down, message dropped (flood limit)"]
         );
         assert_eq!(
@@ -626,7 +710,7 @@ mod tests {
                 &Reply::InvalidText {
                     reason: "message is empty".into()
                 },
-                false
+                &VIEW
             ),
             ["server@host> server: message not sent (message is empty)"]
         );

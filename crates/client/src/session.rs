@@ -40,11 +40,11 @@ use crate::command::{self, Command};
 use crate::connect::Connection;
 use crate::link::{self, Context, Link, Loss, Outcome, Waited};
 use crate::reconnect::{self, Redial};
-use crate::render;
+use crate::render::{self, LineKind};
 use crate::sends::Full;
 pub use crate::sends::{QUEUE_LIMIT, Undelivered};
 use crate::shared::Shared;
-pub use crate::shared::{CALL_TIMEOUT, Members, Output};
+pub use crate::shared::{CALL_TIMEOUT, Members, Output, SessionError};
 
 /// Longest message text the client sends; the rest of the frame limit is left for the
 /// message's envelope. (The server's own text limit is usually much lower and is
@@ -78,18 +78,6 @@ pub enum JoinOutcome {
     /// been printed), or the connection was lost before the answer (and the reconnect
     /// task joins again once it is back).
     Disconnected,
-}
-
-/// Why a session ended against the user's will.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    /// The connection to the server broke (or the server closed it); the text says why.
-    #[error("{0}")]
-    Lost(String),
-    /// Reconnecting failed for a reason that will not go away by itself (the cookie, a
-    /// different node answering); the text says why.
-    #[error("{0}")]
-    Unreachable(String),
 }
 
 /// Resolves when the session has lost its server for good, with the reason. Cheap to
@@ -358,10 +346,14 @@ impl Session {
         Ok(())
     }
 
-    /// Says `text` to `to` alone (queued until acknowledged).
+    /// Says `text` to `to` alone (queued until acknowledged), and shows the user what
+    /// went to whom (`-> ann: text`), as IRC clients do: the room never echoes it.
     pub async fn private(&mut self, to: String, text: String) -> Result<(), SessionError> {
         if self.check_length(&text) {
-            self.submit(Outgoing::Private { to, text }).await?;
+            let echo = render::private_sent(&to, &text);
+            if self.submit(Outgoing::Private { to, text }).await? {
+                self.output.incoming(LineKind::Private, &echo);
+            }
         }
         Ok(())
     }
@@ -415,7 +407,8 @@ impl Session {
 
     /// Queues a say or a private message; waits for room in the queue when it is full,
     /// unless disconnected and impatient (then the line is refused, and the user told).
-    async fn submit(&mut self, outgoing: Outgoing) -> Result<(), SessionError> {
+    /// `true` if it was queued.
+    async fn submit(&mut self, outgoing: Outgoing) -> Result<bool, SessionError> {
         let mut versions = self.shared.sends.subscribe();
         loop {
             versions.borrow_and_update();
@@ -429,7 +422,7 @@ impl Session {
                 } else {
                     self.not_sent();
                 }
-                return Ok(());
+                return Ok(false);
             }
             let message = outgoing.clone();
             match self
@@ -441,13 +434,13 @@ impl Session {
                     if !connected {
                         self.output.line(&render::pending(&self.server, waiting));
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(Full) if !connected && !self.patient => {
                     self.shared.sends.refused_full();
                     self.output
                         .line(&render::queue_full(&self.server, QUEUE_LIMIT));
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(Full) => {
                     debug!("the send queue is full; waiting for acknowledgements");

@@ -1,6 +1,7 @@
 //! What the session's parts share: where lines go ([`Output`]), who is in the room
 //! ([`Members`]), the join state, the place in the room's history and the queue of
-//! unacknowledged sends ([`Shared`]), and how long a call may wait.
+//! unacknowledged sends ([`Shared`]), how long a call may wait, and why a session ended
+//! ([`SessionError`]).
 //!
 //! The front end ([`crate::session`]), a connection's tasks (`link`) and the reconnect
 //! task ([`crate::reconnect`]) all use these; this module uses none of them, so the
@@ -27,11 +28,19 @@ pub trait Output: Send + Sync + 'static {
     /// Shows one complete line (without its line terminator) to the user.
     fn line(&self, line: &str);
 
-    /// Shows a line that came from the server; `kind` lets a terminal colour it or
-    /// timestamp it. By default it is shown like any other line.
+    /// Shows a line about something that happened just now: what came from the server,
+    /// or the user's own private message; `kind` lets a terminal colour it, and it is
+    /// timestamped with `--timestamps`. By default it is shown like any other line.
     fn incoming(&self, kind: LineKind, line: &str) {
         let _ = kind;
         self.line(line);
+    }
+
+    /// Shows a line of the client's own about something that happened just now (the
+    /// connection lost or back, a resume, queued lines sent): a status line, timestamped
+    /// with `--timestamps` as what comes from the server is.
+    fn status(&self, line: &str) {
+        self.incoming(LineKind::Local, line);
     }
 }
 
@@ -82,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) wants_room: AtomicBool,
     /// Set while leaving to exit: the final `Left` prints nothing.
     pub(crate) quitting: AtomicBool,
+    /// Set once a join banner pointed to `/help` (the first join of the process only).
+    pub(crate) hinted: AtomicBool,
     /// Who is in the room.
     pub(crate) members: Members,
     /// Set while a join the client made by itself (after reconnecting) is unanswered,
@@ -106,6 +117,7 @@ impl Shared {
             joined: AtomicBool::new(false),
             wants_room: AtomicBool::new(false),
             quitting: AtomicBool::new(false),
+            hinted: AtomicBool::new(false),
             members: Members::default(),
             auto_join: AtomicBool::new(false),
             nick,
@@ -161,4 +173,17 @@ mod tests {
         members.replace(&[]);
         assert!(members.snapshot().is_empty());
     }
+}
+
+/// Why a session ended against the user's will. Here rather than in `session`, which
+/// re-exports it, so that the reconnect task names it without importing the front end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The connection to the server broke (or the server closed it); the text says why.
+    #[error("{0}")]
+    Lost(String),
+    /// Reconnecting failed for a reason that will not go away by itself (the cookie, a
+    /// different node answering); the text says why.
+    #[error("{0}")]
+    Unreachable(String),
 }

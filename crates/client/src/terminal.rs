@@ -21,7 +21,7 @@ mod helper;
 mod mode;
 mod printer;
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, mpsc as std_mpsc};
 use std::thread;
@@ -30,7 +30,10 @@ use std::time::Duration;
 use protocol::NodeName;
 use rustyline::error::ReadlineError;
 use rustyline::history::MemHistory;
-use rustyline::{Config, EditMode, Editor};
+use rustyline::{
+    Cmd, ConditionalEventHandler, Config, EditMode, Editor, Event, EventContext, EventHandler,
+    KeyEvent, RepeatCount,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -97,6 +100,12 @@ impl Terminal {
         editor.set_helper(Some(ChatHelper::new(Arc::clone(&members))));
         let printer = editor.create_external_printer()?;
         let saved_mode = SavedMode::save();
+        if let Some(cooked) = saved_mode {
+            editor.bind_sequence(
+                KeyEvent::ctrl('Z'),
+                EventHandler::Conditional(Box::new(Suspend(cooked))),
+            );
+        }
         let output = Arc::new(TerminalOutput::start(printer, style)?);
 
         let (requests, requested) = std_mpsc::channel();
@@ -104,6 +113,7 @@ impl Terminal {
         let reading = Arc::new(AtomicBool::new(false));
         let editing = EditorThread {
             editor,
+            style,
             prompt: render::prompt(&own.to_string()),
             reading: Arc::clone(&reading),
         };
@@ -211,9 +221,21 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
+/// Ctrl-Z: suspends the process (see [`mode::suspend`]) and repaints the line on `fg`.
+struct Suspend(SavedMode);
+
+impl ConditionalEventHandler for Suspend {
+    fn handle(&self, _: &Event, _: RepeatCount, _: bool, _: &EventContext<'_>) -> Option<Cmd> {
+        mode::suspend(&self.0);
+        Some(Cmd::Repaint)
+    }
+}
+
 /// The editor, owned by its thread.
 struct EditorThread {
     editor: Editor<ChatHelper, MemHistory>,
+    /// How lines look: with `--timestamps`, an entered line is stamped too.
+    style: Style,
     prompt: String,
     reading: Arc<AtomicBool>,
 }
@@ -235,6 +257,9 @@ impl EditorThread {
         self.reading.store(false, Ordering::SeqCst);
         match read {
             Ok(line) => {
+                if self.style.timestamps {
+                    stamp_entered(&self.style, &self.prompt, &line);
+                }
                 if !line.trim().is_empty()
                     && let Err(e) = self.editor.add_history_entry(line.as_str())
                 {
@@ -247,6 +272,32 @@ impl EditorThread {
             Err(e) => Input::Failed(e.to_string()),
         }
     }
+}
+
+/// With `--timestamps`, writes the line just entered again, with the time in front, over
+/// the copy the editor left (the prompt and the text; the cursor on the row below), so
+/// that the user's own lines are stamped as what arrives is. Only while nothing else
+/// writes: lines for the external printer wait for the next `readline`. Lines holding
+/// more than printable ASCII (whose width on screen is not the count of their
+/// characters) or several lines (a paste) are left as they are, as are empty ones.
+fn stamp_entered(style: &Style, prompt: &str, line: &str) {
+    let plain = |text: &str| text.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if line.trim().is_empty() || !plain(line) || !plain(prompt) {
+        return;
+    }
+    let Some(columns) = mode::columns() else {
+        return;
+    };
+    // The editor's layout: one row per `columns` characters, and a row of its own for
+    // the cursor when the text ends exactly at a row's end.
+    let rows = (prompt.len() + line.len()) / columns + 1;
+    let stamped = style.decorate(
+        render::LineKind::Message,
+        &format!("{prompt}{line}"),
+        crate::style::local_time(),
+    );
+    let mut out = io::stdout().lock();
+    let _ = write!(out, "\x1b[{rows}A\r\x1b[J{stamped}\r\n").and_then(|()| out.flush());
 }
 
 /// Whether both standard input and standard output are terminals, the condition for

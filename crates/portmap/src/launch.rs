@@ -60,7 +60,12 @@ pub async fn ensure_running(
         source,
     })?;
     let pid = child.id();
-    info!(program = %program.display(), pid, port, "started port mapper");
+    info!(
+        program = %program.display(),
+        pid,
+        port,
+        "started a port mapper in the background (it outlives this process; stop it with kill {pid})"
+    );
 
     // Reap the child whenever it exits, and tell the polling loop below if that happens
     // before it answers.

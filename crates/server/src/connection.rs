@@ -468,7 +468,8 @@ async fn session(
             },
         }
     };
-    tracing::info!(%addr, node = %peer.node(), reason = reason.describe(), "disconnected");
+    // Logged by the registry, once, with the member's nick if any.
+    tracing::debug!(%addr, node = %peer.node(), reason = reason.describe(), "reader done");
     registry.send(Command::Detach { id, reason }).await;
     linger::drain_then_stop(frames.into_socket(), config.handshake_timeout, &stop).await;
 }
@@ -525,7 +526,7 @@ impl Reader<'_> {
                 return None;
             }
             Verdict::Disconnect => {
-                tracing::info!(node = %self.peer.node(), "excess flood; dropping");
+                tracing::debug!(node = %self.peer.node(), "excess flood; dropping");
                 self.peer.close(LeaveReason::Flooding);
                 return Some(LeaveReason::Flooding);
             }

@@ -150,7 +150,8 @@ pub async fn serve_with(
             Arc::clone(&shared),
         ));
     }
-    tracing::info!("shutting down");
+    // The registry logs `server shutting down`, then every member's `left`.
+    tracing::debug!("shutting down");
     drop(listener);
     stopping.cancel();
     registry.shutdown().await;

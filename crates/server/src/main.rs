@@ -2,7 +2,9 @@
 //!
 //! Start-up: resolve the node name and cookie, bind the listener, make sure a port mapper
 //! answers on this host (starting one detached if not, as `erl` starts epmd), register
-//! there, print the ready line, serve until SIGINT/SIGTERM.
+//! there, print the ready line, serve until SIGINT/SIGTERM. A failure is one line on
+//! standard error and exit status 1 ([`chat_node::report`]); a bad flag or node name is
+//! a usage error, exit status 2.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -20,7 +22,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
     name = "chat-server",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = PAGE.help_footer()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +38,41 @@ struct Cli {
     manpage: bool,
 }
 
+/// What the man page and `--help` say besides the flags.
+const PAGE: chat_node::docs::Page = chat_node::docs::Page {
+    synopsis:
+        "chat-server [--name ALIVE@HOST | --sname ALIVE] [--cookie COOKIE] [--cookie-file PATH]
+            [--port PORT] [--bind ADDR] [--tick SECONDS] [--handshake-timeout SECONDS]
+            [--max-clients N] [--max-handshakes N] [--max-handshakes-per-address N]
+            [--auth-failures N] [--auth-retry SECONDS] [--max-text BYTES]
+            [--send-queue FRAMES] [--send-queue-bytes BYTES] [--rate PER_SECOND]
+            [--burst N] [--pm-rate PER_SECOND] [--pm-burst N] [--history EVENTS]
+            [--history-bytes BYTES] [--resume-window SECONDS] [--no-erlang]
+            [--cluster redis://HOST:PORT] [--cluster-lease SECONDS]
+chat-server port-mapper [--port PORT] [--bind ADDR]
+chat-server --completions SHELL | --manpage",
+    sections: &[(
+        "The port mapper",
+        &[
+            "chat-server port-mapper [--port PORT] [--bind ADDR] runs the port mapper (the epmd",
+            "protocol) in the foreground, e.g. under a service manager. --port: default",
+            "$ERL_EPMD_PORT or 4369, 0 picks a free one; --bind: default 0.0.0.0.",
+            "A chat-server that finds no port mapper starts one in the background; it outlives",
+            "the server (as epmd does), and the server's log gives its process id to stop it.",
+        ],
+    )],
+    environment: &[
+        chat_node::docs::CHAT_COOKIE,
+        chat_node::docs::ERL_EPMD_PORT,
+        chat_node::docs::RUST_LOG,
+        (
+            "CHAT_CLUSTER",
+            "the Redis URL of the cluster to serve the room with, when --cluster is not given",
+        ),
+    ],
+    files: &[chat_node::docs::COOKIE_FILE],
+};
+
 #[derive(Subcommand)]
 enum Mode {
     /// Run the port mapper (epmd protocol) in the foreground, e.g. under a service manager.
@@ -46,19 +84,21 @@ struct MapperArgs {
     /// Port to listen on [default: $ERL_EPMD_PORT or 4369]; 0 picks a free one.
     #[arg(long)]
     port: Option<u16>,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on (every interface by default).
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
 }
 
 #[derive(Args)]
 struct RoomArgs {
     /// Long node name, alive@host (e.g. server@192.168.1.13 or server@localhost).
-    #[arg(long, conflicts_with = "sname", value_name = "ALIVE@HOST")]
-    name: Option<String>,
+    #[arg(long, conflicts_with = "sname", value_name = "ALIVE@HOST",
+          value_parser = NodeName::parse_long)]
+    name: Option<NodeName>,
     /// Short node name; the host is this machine's short host name.
-    #[arg(long, default_value = "server", value_name = "ALIVE")]
-    sname: String,
+    #[arg(long, default_value = "server", value_name = "ALIVE",
+          value_parser = NodeName::parse_short)]
+    sname: NodeName,
     /// The shared secret (visible to other local users; prefer CHAT_COOKIE or a file).
     #[arg(long)]
     cookie: Option<String>,
@@ -68,8 +108,8 @@ struct RoomArgs {
     /// TCP port for clients; 0 picks a free one, found through the port mapper.
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on (every interface by default; 127.0.0.1 for this machine only).
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
     /// Liveness tick in seconds; a client silent for four ticks is dropped.
     #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
@@ -78,7 +118,7 @@ struct RoomArgs {
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     handshake_timeout: f64,
     /// Most authenticated connections at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_clients: usize,
     /// Most connections still in their handshake, in all.
     #[arg(long, default_value_t = 1024, value_name = "N")]
@@ -123,14 +163,14 @@ struct RoomArgs {
     #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND")]
     rate: f64,
     /// Flood limit: burst size; this many refused in a row disconnects the client.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, value_name = "N", default_value_t = 20)]
     burst: u32,
     /// Refuse Erlang distribution connections (BEAM nodes such as ExMessenger clients).
     #[arg(long)]
     no_erlang: bool,
     /// Serve one room with every node started with the same Redis and cookie
     /// (redis://HOST:PORT); without it the room is this process's alone.
-    #[arg(long, env = "CHAT_CLUSTER", value_name = "URL")]
+    #[arg(long, env = "CHAT_CLUSTER", value_name = "redis://HOST:PORT")]
     cluster: Option<String>,
     /// In a cluster: seconds after which a node that stopped renewing its lease (it
     /// renews every tick) is dead to the others, who release its members
@@ -139,45 +179,67 @@ struct RoomArgs {
     cluster_lease: Option<f64>,
 }
 
-fn main() -> Result<()> {
+fn main() {
     chat_node::logging::init("info");
     let cli = Cli::parse();
     if let Some(shell) = cli.completions {
-        return chat_node::docs::print_completions(Cli::command(), shell)
-            .context("cannot write the completions");
+        let written = chat_node::docs::print_completions(Cli::command(), shell);
+        done(written.context("Could not write the completion script"));
     }
     if cli.manpage {
-        return chat_node::docs::print_manpage(Cli::command()).context("cannot write the man page");
+        let written = chat_node::docs::print_manpage(Cli::command(), &PAGE);
+        done(written.context("Could not write the man page"));
     }
     chat_server::memory::tune_allocator();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => chat_node::report::fail(
+            anyhow::Error::new(e)
+                .context("Could not start chat-server: cannot start the async runtime")
+                .as_ref(),
+        ),
+    };
     let result = match cli.command {
         Some(Mode::PortMapper(args)) => runtime.block_on(run_port_mapper(args)),
-        None => runtime.block_on(run_room(cli.room)),
+        None => runtime
+            .block_on(run_room(cli.room))
+            .context("Could not start chat-server"),
     };
     // Do not wait for connections stuck on a dead peer after the grace period.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    result
+    done(result)
+}
+
+/// Exits: 0 on success, else 1 after saying why in one line (no backtrace).
+fn done(result: Result<()>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => chat_node::report::fail(e.as_ref()),
+    }
+}
+
+/// Ends the process with a usage error (exit status 2), as clap does for a bad flag.
+fn usage_error(message: impl std::fmt::Display) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, message)
+        .exit()
 }
 
 async fn run_port_mapper(args: MapperArgs) -> Result<()> {
     let port = args.port.unwrap_or_else(portmap::mapper_port_from_env);
     let listener = chat_server::listener::listen((args.bind, port).into())
-        .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
+        .with_context(|| format!("cannot listen on {}:{port}", args.bind))
+        .context("Could not start the port mapper")?;
     let port = listener.local_addr()?.port();
-    let signals = ShutdownSignals::install()?;
+    let signals = ShutdownSignals::install().context("Could not start the port mapper")?;
     println!("port mapper ready on port {port}");
     portmap::serve(listener, signals.received())
         .await
-        .context("port mapper failed")
+        .context("The port mapper stopped")
 }
 
 async fn run_room(args: RoomArgs) -> Result<()> {
-    let name = match &args.name {
-        Some(long) => NodeName::parse_long(long),
-        None => NodeName::parse_short(&args.sname),
-    }
-    .context("invalid node name")?;
+    let name = args.name.clone().unwrap_or_else(|| args.sname.clone());
     if args.cookie.is_some() {
         tracing::warn!(
             "a cookie given with --cookie is visible to other local users (ps); prefer CHAT_COOKIE or --cookie-file"
@@ -188,9 +250,8 @@ async fn run_room(args: RoomArgs) -> Result<()> {
         args.cookie.as_deref(),
         env_cookie.as_deref(),
         args.cookie_file.as_deref(),
-    )
-    .context("no usable cookie")?;
-    let mut config = config_from(&args, name.clone(), cookie)?;
+    )?;
+    let mut config = config_from(&args, name.clone(), cookie).unwrap_or_else(|e| usage_error(e));
 
     let listener = chat_server::listener::listen((args.bind, args.port).into())
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
@@ -250,22 +311,33 @@ async fn run_room(args: RoomArgs) -> Result<()> {
     Ok(())
 }
 
-fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Result<ServerConfig> {
-    let seconds = |value: f64, flag: &str| -> Result<Duration> {
+/// The server's configuration from the flags; `Err` says which flag has an impossible
+/// value (a usage error).
+fn config_from(
+    args: &RoomArgs,
+    name: NodeName,
+    cookie: protocol::Cookie,
+) -> Result<ServerConfig, String> {
+    let seconds = |value: f64, flag: &str| -> Result<Duration, String> {
         if value.is_finite() && value > 0.0 {
             Ok(Duration::from_secs_f64(value))
         } else {
-            bail!("{flag} must be a positive number of seconds, not {value}")
+            Err(format!(
+                "{flag} must be a positive number of seconds, not {value}"
+            ))
         }
     };
     if !(args.rate.is_finite() && args.rate > 0.0) {
-        bail!("--rate must be a positive number, not {}", args.rate);
+        return Err(format!(
+            "--rate must be a positive number, not {}",
+            args.rate
+        ));
     }
     if args.max_text == 0 || args.max_text > protocol::limits::MAX_FRAME_LEN / 2 {
-        bail!(
+        return Err(format!(
             "--max-text must be between 1 and {} bytes",
             protocol::limits::MAX_FRAME_LEN / 2
-        );
+        ));
     }
     let mut config = ServerConfig::new(name, cookie);
     config.tick = seconds(args.tick, "--tick")?;
@@ -276,24 +348,27 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.auth_failures = args.auth_failures.max(1);
     config.auth_retry = seconds(args.auth_retry, "--auth-retry")?;
     if !(args.pm_rate.is_finite() && args.pm_rate > 0.0) {
-        bail!("--pm-rate must be a positive number, not {}", args.pm_rate);
+        return Err(format!(
+            "--pm-rate must be a positive number, not {}",
+            args.pm_rate
+        ));
     }
     config.pm_rate_per_sec = args.pm_rate;
     config.pm_burst = args.pm_burst.max(1);
     config.max_text_len = args.max_text;
     config.send_queue_frames = args.send_queue.max(1);
     if args.send_queue_bytes < protocol::limits::MAX_FRAME_LEN + 4 {
-        bail!(
+        return Err(format!(
             "--send-queue-bytes must hold at least one whole frame ({} bytes)",
             protocol::limits::MAX_FRAME_LEN + 4
-        );
+        ));
     }
     config.send_queue_bytes = args.send_queue_bytes;
     if args.history_events == 0 || args.history_bytes < protocol::limits::MAX_FRAME_LEN + 4 {
-        bail!(
+        return Err(format!(
             "--history must keep at least one event and --history-bytes at least one whole frame ({} bytes)",
             protocol::limits::MAX_FRAME_LEN + 4
-        );
+        ));
     }
     config.resume_window = seconds(args.resume_window, "--resume-window")?;
     config.history_events = args.history_events;
@@ -303,7 +378,9 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
     config.erlang = !args.no_erlang;
     if let Some(url) = &args.cluster {
         if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
-            bail!("--cluster takes a Redis URL such as redis://127.0.0.1:6379, not {url:?}");
+            return Err(format!(
+                "--cluster takes a Redis URL such as redis://127.0.0.1:6379, not {url:?}"
+            ));
         }
         config.cluster = Some(url.clone());
     }
@@ -312,8 +389,9 @@ fn config_from(args: &RoomArgs, name: NodeName, cookie: protocol::Cookie) -> Res
         None => config.tick * 3,
     };
     if config.cluster_lease <= config.tick {
-        bail!(
+        return Err(
             "--cluster-lease must be longer than --tick, which is how often the lease is renewed"
+                .to_string(),
         );
     }
     Ok(config)

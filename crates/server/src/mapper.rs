@@ -40,15 +40,10 @@ impl Keeper {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.mapper_port))
     }
 
-    /// Starts a mapper if none answers (logged), then registers once.
+    /// Starts a mapper if none answers (logged once, by `portmap`), then registers once.
     pub async fn register(&self) -> Result<Registration, PortmapError> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        if portmap::ensure_running(self.mapper_port, &self.program, &args).await? {
-            tracing::info!(
-                port = self.mapper_port,
-                "started a port mapper in the background"
-            );
-        }
+        portmap::ensure_running(self.mapper_port, &self.program, &args).await?;
         // As an Erlang node registers (type 77), with a marker in Extra so that
         // chat-client tells our servers from BEAM nodes serving ExMessenger.
         let mut node = protocol::epmd::NodeRegistration::normal(&self.alive, self.port);

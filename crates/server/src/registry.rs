@@ -34,11 +34,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use protocol::limits::{self, NickError};
-use protocol::unicode;
+use protocol::unicode::{self, escape_capped};
 use protocol::{EventKind, FloodLimits, LeaveReason, Reply, ResumeFailure, SessionTicket};
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,7 +47,9 @@ use crate::backend::{
     Backend, Body, Change, Effect, Effects, InlineNick, Mail, Ordered, Request, Resumed, Snapshot,
     View,
 };
+use crate::connection::LOG_CAP;
 use crate::history::{Audience, History, SessionId};
+use crate::log_limit::LogLimiter;
 use crate::memory::MemoryKeeper;
 use crate::peer::{DeliveryError, Peer};
 use crate::rate_limit::{TokenBucket, Verdict};
@@ -236,6 +238,19 @@ pub fn spawn(
     RegistryHandle { tx }
 }
 
+/// Refused joins logged per second, on average, and in a burst (as refused handshakes).
+const REFUSAL_LOG_RATE: f64 = 10.0;
+/// See [`REFUSAL_LOG_RATE`].
+const REFUSAL_LOG_BURST: u32 = 50;
+
+/// How long after a leave the end of the connection makes it a quit (in the log).
+const QUIT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Logs that `nick` (on `node`) left the room for `reason`: one line per departure.
+fn log_left(nick: &str, node: &str, reason: LeaveReason) {
+    tracing::info!(%nick, %node, reason = reason.describe(), "left");
+}
+
 /// The embedded backend for `rules`: the room in this process.
 pub fn local_backend(rules: &RoomRules) -> Box<dyn Backend> {
     Box::new(LocalBackend::new(rules.max_departed, rules.resume_window))
@@ -243,7 +258,11 @@ pub fn local_backend(rules: &RoomRules) -> Box<dyn Backend> {
 
 /// A join or resume asked for and not yet answered.
 enum Pending {
-    Joining { backlog: u16 },
+    /// A join of `nick` (as asked for, for the log) with its backlog request.
+    Joining {
+        backlog: u16,
+        nick: String,
+    },
     Resuming,
 }
 
@@ -255,6 +274,10 @@ struct Connection {
     pending: Option<Pending>,
     /// Set once the registry has closed this connection; its own `Detach` follows.
     closed: bool,
+    /// The nick this connection took out of the room with a leave, not logged yet, and
+    /// when: a quit is a leave and then the end of the connection, logged as one line
+    /// (`left reason=quit`). Logged as `left` when the connection goes on instead.
+    unlogged_leave: Option<(String, Instant)>,
 }
 
 /// A session carried by one of this node's connections.
@@ -301,6 +324,8 @@ struct Registry {
     fx: Effects,
     /// Returns memory to the system after a crowd leaves.
     memory: MemoryKeeper,
+    /// Bounds the log lines about refused joins.
+    refusal_log: LogLimiter,
 }
 
 impl Registry {
@@ -319,6 +344,7 @@ impl Registry {
             shutting_down: false,
             fx: Effects::new(),
             memory: MemoryKeeper::default(),
+            refusal_log: LogLimiter::new(REFUSAL_LOG_RATE, REFUSAL_LOG_BURST),
         }
     }
 
@@ -364,12 +390,34 @@ impl Registry {
                     session: None,
                     pending: None,
                     closed: false,
+                    unlogged_leave: None,
                 };
                 self.connections.insert(id, connection);
             }
             Command::Detach { id, reason } => {
-                if let Some(session) = self.session_of(id) {
-                    self.depart(session, reason);
+                // One line per connection's end: its member leaving, a leave and then
+                // the end (a quit), or the end alone; nothing if the registry closed it
+                // (that was logged then).
+                let (node, mut told, leave) = match self.connections.get_mut(&id) {
+                    Some(c) => (c.peer.node().to_string(), c.closed, c.unlogged_leave.take()),
+                    None => (String::new(), true, None),
+                };
+                if let Some(session) = self.session_of(id)
+                    && let Some(nick) = self.depart(session, reason)
+                {
+                    log_left(&nick, &node, reason);
+                    told = true;
+                }
+                if let Some((nick, _)) = leave {
+                    if reason == LeaveReason::ConnectionLost {
+                        log_left(&nick, &node, LeaveReason::Quit);
+                        told = true;
+                    } else {
+                        log_left(&nick, &node, LeaveReason::Left);
+                    }
+                }
+                if !told {
+                    tracing::info!(%node, reason = reason.describe(), "disconnected");
                 }
                 self.connections.remove(&id);
             }
@@ -398,10 +446,16 @@ impl Registry {
             }
             Command::Sweep => self.sweep(),
             Command::Shutdown { done } => {
+                tracing::info!(
+                    members = self.attached.len(),
+                    connections = self.connections.len(),
+                    "server shutting down"
+                );
                 self.shutting_down = true;
-                for connection in self.connections.values_mut() {
-                    connection.closed = true;
-                    connection.peer.close(LeaveReason::ServerShutdown);
+                // Everyone leaves now, so that every `left` is logged before `bye`.
+                let ids: Vec<ConnId> = self.connections.keys().copied().collect();
+                for id in ids {
+                    self.drop_connection(id, LeaveReason::ServerShutdown);
                 }
                 self.backend.shutdown(done);
             }
@@ -412,8 +466,12 @@ impl Registry {
         match effect {
             Effect::Reply { conn, reply } => self.reply(conn, reply),
             Effect::Refused { conn, reply } => {
-                if let Some(connection) = self.connections.get_mut(&conn) {
-                    connection.pending = None;
+                let pending = self
+                    .connections
+                    .get_mut(&conn)
+                    .and_then(|connection| connection.pending.take());
+                if let Some(Pending::Joining { nick, .. }) = pending {
+                    self.log_join_refused(conn, &nick, &reply);
                 }
                 self.reply(conn, reply);
             }
@@ -454,8 +512,23 @@ impl Registry {
             .map(|(id, _)| *id)
             .collect();
         for id in silent {
-            tracing::info!(node = %self.node_of(id), "silent for too long; dropping");
             self.drop_connection(id, LeaveReason::Timeout);
+        }
+        // A leave not followed by the connection's end within a second was no quit.
+        let now = Instant::now();
+        for connection in self.connections.values_mut() {
+            if connection
+                .unlogged_leave
+                .as_ref()
+                .is_some_and(|(_, at)| now.duration_since(*at) >= QUIT_WINDOW)
+                && let Some((nick, _)) = connection.unlogged_leave.take()
+            {
+                log_left(
+                    &nick,
+                    &connection.peer.node().to_string(),
+                    LeaveReason::Left,
+                );
+            }
         }
     }
 
@@ -475,7 +548,7 @@ impl Registry {
             .map(|(id, _)| *id)
             .collect();
         for id in slow {
-            tracing::info!(node = %self.node_of(id), "too far behind the room; dropping");
+            tracing::debug!(node = %self.node_of(id), "too far behind the room; dropping");
             self.drop_connection(id, LeaveReason::SendQueueExceeded);
         }
         self.backend.sweep();
@@ -497,14 +570,60 @@ impl Registry {
     }
 
     /// Closes connection `id` for `reason` (once) and takes its member out of the room.
+    /// Logs a leave of connection `id` not logged yet: the connection goes on, so it was
+    /// no quit.
+    fn log_leave(&mut self, id: ConnId) {
+        if let Some(connection) = self.connections.get_mut(&id)
+            && let Some((nick, _)) = connection.unlogged_leave.take()
+        {
+            log_left(
+                &nick,
+                &connection.peer.node().to_string(),
+                LeaveReason::Left,
+            );
+        }
+    }
+
+    /// Logs a refused join (at a bounded rate: a client can try again and again); `nick`
+    /// as asked for, escaped.
+    fn log_join_refused(&self, id: ConnId, nick: &str, reply: &Reply) {
+        let reason = match reply {
+            Reply::NickInUse => "nick in use".to_string(),
+            Reply::NickNotAllowed => "nick not allowed".to_string(),
+            Reply::InvalidNick { reason } => format!("invalid nick ({reason})"),
+            Reply::AlreadyJoined { .. } => "already in the room".to_string(),
+            other => format!("{other:?}"),
+        };
+        if let Some(suppressed) = self.refusal_log.allow() {
+            let nick = escape_capped(nick, LOG_CAP);
+            let reason = escape_capped(&reason, LOG_CAP);
+            let node = self.node_of(id);
+            if suppressed > 0 {
+                tracing::info!(%nick, %node, reason = reason.as_str(), suppressed, "join refused (and {suppressed} more not logged)");
+            } else {
+                tracing::info!(%nick, %node, reason = reason.as_str(), "join refused");
+            }
+        }
+    }
+
+    /// Logged here, in one line: `left` with the reason for a member, else
+    /// `disconnected`; the connection's own `Detach` that follows logs nothing.
     fn drop_connection(&mut self, id: ConnId, reason: LeaveReason) {
         let Some(connection) = self.connections.get_mut(&id).filter(|c| !c.closed) else {
             return;
         };
         connection.closed = true;
         connection.peer.close(reason);
-        if let Some(session) = connection.session {
-            self.depart(session, reason);
+        let node = connection.peer.node().to_string();
+        if let Some((nick, _)) = connection.unlogged_leave.take() {
+            log_left(&nick, &node, LeaveReason::Left);
+        }
+        match connection
+            .session
+            .and_then(|session| self.depart(session, reason))
+        {
+            Some(nick) => log_left(&nick, &node, reason),
+            None => tracing::info!(%node, reason = reason.describe(), "disconnected"),
         }
     }
 
@@ -524,6 +643,7 @@ impl Registry {
     }
 
     fn join(&mut self, id: ConnId, nick: String, backlog: u16) {
+        self.log_leave(id);
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -533,11 +653,15 @@ impl Registry {
                 .get(&session)
                 .map(|a| a.nick.as_str().to_string())
                 .unwrap_or_default();
-            self.reply(id, Reply::AlreadyJoined { nick });
+            let reply = Reply::AlreadyJoined { nick: nick.clone() };
+            self.log_join_refused(id, &nick, &reply);
+            self.reply(id, reply);
             return;
         }
         if connection.pending.is_some() {
-            self.reply(id, Reply::AlreadyJoined { nick });
+            let reply = Reply::AlreadyJoined { nick: nick.clone() };
+            self.log_join_refused(id, &nick, &reply);
+            self.reply(id, reply);
             return;
         }
         // Normalised (NFC), and unique by its key: case, accents and look-alike
@@ -560,12 +684,15 @@ impl Registry {
         let (nick, key) = match checked {
             Ok(checked) => checked,
             Err(reply) => {
-                tracing::debug!(?reply, "join refused");
+                self.log_join_refused(id, &nick, &reply);
                 self.reply(id, reply);
                 return;
             }
         };
-        connection.pending = Some(Pending::Joining { backlog });
+        connection.pending = Some(Pending::Joining {
+            backlog,
+            nick: nick.clone(),
+        });
         self.submit(Request::Join {
             conn: id,
             nick,
@@ -584,7 +711,7 @@ impl Registry {
     ) {
         let backlog = match self.connections.get_mut(&conn) {
             Some(c) if !c.closed && matches!(c.pending, Some(Pending::Joining { .. })) => {
-                let Some(Pending::Joining { backlog }) = c.pending.take() else {
+                let Some(Pending::Joining { backlog, .. }) = c.pending.take() else {
                     return;
                 };
                 c.session = Some(session);
@@ -695,6 +822,7 @@ impl Registry {
     }
 
     fn resume(&mut self, id: ConnId, ticket: SessionTicket, epoch: u64, last_seq: u64) {
+        self.log_leave(id);
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -818,7 +946,11 @@ impl Registry {
             self.reply(id, Reply::NotJoined);
             return;
         };
-        self.depart(session, LeaveReason::Left);
+        if let Some(nick) = self.depart(session, LeaveReason::Left)
+            && let Some(connection) = self.connections.get_mut(&id)
+        {
+            connection.unlogged_leave = Some((nick, Instant::now()));
+        }
         self.reply(id, Reply::Left);
         if let Some(connection) = self.connections.get(&id)
             && let Err(e) = connection.peer.unsubscribe()
@@ -882,11 +1014,10 @@ impl Registry {
     }
 
     /// Takes `session` off its connection here and asks the backend to take it out of
-    /// the room (announced to the others once the entry comes back).
-    fn depart(&mut self, session: SessionId, reason: LeaveReason) {
-        let Some(attached) = self.attached.remove(&session) else {
-            return;
-        };
+    /// the room (announced to the others once the entry comes back). Its nick, or `None`
+    /// if it was not a member here; the caller logs it (see [`log_left`]).
+    fn depart(&mut self, session: SessionId, reason: LeaveReason) -> Option<String> {
+        let attached = self.attached.remove(&session)?;
         self.fed.remove(&session);
         if let Some(connection) = self.connections.get_mut(&attached.conn)
             && connection.session == Some(session)
@@ -894,14 +1025,14 @@ impl Registry {
             connection.session = None;
         }
         let nick = attached.nick.as_str().to_string();
-        tracing::info!(%nick, reason = reason.describe(), "left");
         if !self.shutting_down {
             self.submit(Request::Depart {
                 session,
-                nick,
+                nick: nick.clone(),
                 reason,
             });
         }
+        Some(nick)
     }
 
     /// Applies the room's next entry: the one hot path of every event, on every node.
@@ -1066,7 +1197,7 @@ impl Registry {
         // A failure can be seen several times (a broadcast about the departure of one
         // slow member may find another still full): close and log only once.
         if let Some(connection) = self.connections.get(&id).filter(|c| !c.closed) {
-            tracing::info!(node = %connection.peer.node(), %error, "dropping connection");
+            tracing::debug!(node = %connection.peer.node(), %error, "dropping connection");
         }
         self.drop_connection(id, reason);
     }

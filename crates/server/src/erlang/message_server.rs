@@ -138,7 +138,7 @@ impl<'a> MessageServer<'a> {
                 Ok(false)
             }
             Verdict::Disconnect => {
-                tracing::info!(node = %self.link.node(), "excess flood; dropping");
+                tracing::debug!(node = %self.link.node(), "excess flood; dropping");
                 self.link.close(LeaveReason::Flooding);
                 Err(Stop(LeaveReason::Flooding))
             }
