@@ -6,7 +6,8 @@
 //! how many connections and sessions the registry holds; after a large drop, once the
 //! count has stopped falling (the departed sessions are forgotten a little later than
 //! their connections), it asks the allocator to return what it can (`malloc_trim`), off
-//! the async threads. [`tune_allocator`] fixes glibc's mmap threshold at start-up, so that
+//! the async threads, and once more a few seconds later for what the departed tasks
+//! freed after that. [`tune_allocator`] fixes glibc's mmap threshold at start-up, so that
 //! large blocks (the history's chunks, a big user list, a busy writer's round) are mapped
 //! on their own and returned when freed, instead of landing in the arenas once glibc's
 //! dynamic threshold has risen, where long-lived ones pin the memory around them.
@@ -19,7 +20,14 @@ pub struct MemoryKeeper {
     high_water: usize,
     /// The load at the previous observation.
     last: usize,
+    /// Observations left before the follow-up trim, after a trim: what the departed
+    /// members' tasks free after the first one (their writers and lingering closes end
+    /// a little later) would otherwise stay with the allocator.
+    trim_again_in: Option<u8>,
 }
+
+/// Observations (seconds, at the registry's sweep) between a trim and its follow-up.
+const TRIM_AGAIN_AFTER: u8 = 5;
 
 /// A drop of at least this many (connections plus sessions) triggers a trim.
 const TRIM_AFTER: usize = 256;
@@ -27,6 +35,13 @@ const TRIM_AFTER: usize = 256;
 impl MemoryKeeper {
     /// Called with the current load (connections plus sessions), e.g. once a second.
     pub fn observe(&mut self, load: usize) {
+        if let Some(left) = self.trim_again_in.as_mut() {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.trim_again_in = None;
+                release_free_memory();
+            }
+        }
         let settled = load >= self.last;
         self.last = load;
         if load > self.high_water {
@@ -36,6 +51,7 @@ impl MemoryKeeper {
         let dropped = self.high_water - load;
         if settled && dropped >= TRIM_AFTER && load <= self.high_water / 2 {
             self.high_water = load;
+            self.trim_again_in = Some(TRIM_AGAIN_AFTER);
             release_free_memory();
         }
     }
@@ -84,5 +100,18 @@ mod tests {
         keeper.observe(3_900);
         keeper.observe(3_900);
         assert_eq!(keeper.high_water, 4_000, "a small drop is not worth a trim");
+    }
+
+    #[test]
+    fn a_trim_is_followed_up_a_few_observations_later() {
+        let mut keeper = MemoryKeeper::default();
+        keeper.observe(10_000);
+        keeper.observe(100);
+        keeper.observe(100);
+        assert_eq!(keeper.trim_again_in, Some(TRIM_AGAIN_AFTER), "trimmed");
+        for _ in 0..TRIM_AGAIN_AFTER {
+            keeper.observe(100);
+        }
+        assert_eq!(keeper.trim_again_in, None, "followed up, once");
     }
 }
