@@ -67,7 +67,7 @@ fn says_private_messages_and_users_cross_nodes() {
     // A nick is the cluster's: taken on another node is taken here.
     let mut copy = ctx.client("Bob").to(&c).spawn();
     copy.proc
-        .expect_output("Could not join chatroom, reason: nick_in_use", WAIT);
+        .expect_output("Could not join chatroom: nick Bob is in use", WAIT);
 
     // Leaving on one node is seen on the others.
     cid.send("/leave");

@@ -117,7 +117,7 @@ fn man_pages_say_values_commands_environment_and_files_and_agree_with_readme() {
         (
             "chat-server",
             &server,
-            &["CHAT_COOKIE", "ERL_EPMD_PORT", "RUST_LOG"][..],
+            &["CHAT_COOKIE", "ERL_EPMD_PORT", "RUST_LOG", "CHAT_CLUSTER"][..],
         ),
         (
             "chat-client",

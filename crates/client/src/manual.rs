@@ -8,9 +8,9 @@ use crate::command;
 /// chat-client's page (see [`chat_node::docs::Page`]).
 pub const PAGE: Page = Page {
     synopsis:
-        "chat-client [--server ALIVE@HOST[:PORT]] [--nick NICK] [--name ALIVE@HOST | --sname ALIVE]
-            [--cookie COOKIE] [--cookie-file PATH] [--no-reconnect] [--timestamps]
-            [--backlog N] [--erlang]
+        "chat-client [--server ALIVE@HOST[:PORT][,ALIVE@HOST[:PORT]...]] [--nick NICK]
+            [--name ALIVE@HOST | --sname ALIVE] [--cookie COOKIE] [--cookie-file PATH]
+            [--no-reconnect] [--timestamps] [--backlog N] [--erlang]
 chat-client --completions SHELL | --manpage",
     sections: &[("Commands in the chat", &command::HELP)],
     environment: &[
