@@ -154,45 +154,18 @@ fn logs_escape_and_cap_peer_strings_and_bound_refusals() {
     );
 }
 
-#[test]
-fn pings_count_against_the_flood_limit() {
-    let ctx = Ctx::new();
-    let server = ctx.start_server("server@localhost", &["--rate", "1", "--burst", "5"]);
-    let (mut pinger, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "pinger");
-    for _ in 0..40 {
-        if pinger.try_send(&ClientMessage::Ping, WAIT).is_err() {
-            break;
-        }
-    }
-    let mut slowed = false;
-    loop {
-        match pinger.recv(WAIT) {
-            Incoming::Message(ServerMessage::Reply(Reply::SlowDown)) => slowed = true,
-            Incoming::Message(ServerMessage::Closing { reason }) => {
-                assert_eq!(reason, LeaveReason::Flooding);
-                break;
-            }
-            Incoming::Message(_) => {}
-            Incoming::Closed => panic!("closed without saying why"),
-            Incoming::TimedOut => panic!("40 pings in a row were all answered"),
-        }
-    }
-    assert!(slowed, "no slow-down before the disconnect");
-}
-
-/// A flooder that keeps sending after it is cut off, and reads only at the end, still
-/// finds out why: the server reads and discards until it hangs up rather than closing on
-/// unread bytes (which resets the connection and can destroy the last lines).
-#[test]
-fn a_kicked_flooder_still_reads_why_it_was_kicked() {
+/// Joins a member to a server allowing 1 message/s in bursts of 5, sends `count` pings
+/// `gap` apart without reading (stopping early if the server has hung up), then reads
+/// everything: it must have been told to slow down, then why it was disconnected.
+fn flood_with_pings_then_read(count: usize, gap: Duration) {
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &["--rate", "1", "--burst", "5"]);
     let (mut flooder, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "flooder");
-    for _ in 0..60 {
+    for _ in 0..count {
         if flooder.try_send(&ClientMessage::Ping, WAIT).is_err() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(gap);
     }
     let mut slowed = false;
     loop {
@@ -204,10 +177,23 @@ fn a_kicked_flooder_still_reads_why_it_was_kicked() {
             }
             Incoming::Message(_) => {}
             Incoming::Closed => panic!("closed without saying why"),
-            Incoming::TimedOut => panic!("60 pings in a row were all answered"),
+            Incoming::TimedOut => panic!("{count} pings in a row were all answered"),
         }
     }
     assert!(slowed, "no slow-down before the disconnect");
+}
+
+#[test]
+fn pings_count_against_the_flood_limit() {
+    flood_with_pings_then_read(40, Duration::ZERO);
+}
+
+/// A flooder that keeps sending after it is cut off, and reads only at the end, still
+/// finds out why: the server reads and discards until it hangs up rather than closing on
+/// unread bytes (which resets the connection and can destroy the last lines).
+#[test]
+fn a_kicked_flooder_still_reads_why_it_was_kicked() {
+    flood_with_pings_then_read(60, Duration::from_millis(20));
 }
 
 #[test]

@@ -439,3 +439,24 @@ fn with_timestamps_the_lost_and_reconnected_lines_are_stamped_and_help_is_not_re
     );
     drop(server);
 }
+
+/// With `--server name@host:PORT` there is no port mapper to ask: the failed attempts
+/// name the server as given, port included.
+#[test]
+fn a_failed_reconnect_to_a_given_port_names_the_port() {
+    let ctx = Ctx::new();
+    let mut server = ctx.start_server(NAME, &[]);
+    let given = format!("{NAME}:{}", server.port());
+    let mut ann = ctx
+        .client("ann")
+        .server_arg(&given, NAME)
+        .reconnect()
+        .join_pty();
+    server.proc.signal(Signal::Kill);
+    server.proc.wait_exit(LONG);
+    ann.expect_line_where(
+        &format!("Could not reconnect to {given}: <why>; retrying in <n> s"),
+        LONG,
+        |row| row.starts_with(&format!("Could not reconnect to {given}: ")),
+    );
+}

@@ -7,8 +7,7 @@ use crate::command;
 
 /// chat-client's page (see [`chat_node::docs::Page`]).
 pub const PAGE: Page = Page {
-    synopsis:
-        "chat-client [--server ALIVE@HOST[:PORT][,ALIVE@HOST[:PORT]...]] [--nick NICK]
+    synopsis: "chat-client [--server ALIVE@HOST[:PORT][,ALIVE@HOST[:PORT]...]] [--nick NICK]
             [--name ALIVE@HOST | --sname ALIVE] [--cookie COOKIE] [--cookie-file PATH]
             [--no-reconnect] [--timestamps] [--backlog N] [--erlang]
 chat-client --completions SHELL | --manpage",

@@ -267,11 +267,16 @@ async fn connect_with_backoff(
         delay = redial.policy.delay(*attempt, &mut rand::rng());
         let why = error.to_string();
         let seconds = delay.as_secs_f64().round() as u64;
+        // One node: as given, with the port when --server had one; several: the room's.
+        let tried = match targets {
+            [only] => only.to_string(),
+            _ => context.server.clone(),
+        };
         let line = match &told {
             Some((told_why, _)) if *told_why == why => (told.as_ref().map(|t| t.1)
                 != Some(seconds))
-            .then(|| render::retrying(&context.server, delay)),
-            _ => Some(render::reconnect_failed(&context.server, &why, delay)),
+            .then(|| render::retrying(&tried, delay)),
+            _ => Some(render::reconnect_failed(&tried, &why, delay)),
         };
         if let Some(line) = line {
             context.output.status(&line);
