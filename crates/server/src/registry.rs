@@ -552,8 +552,7 @@ impl Registry {
             self.drop_connection(id, LeaveReason::SendQueueExceeded);
         }
         self.backend.sweep();
-        self.memory
-            .observe(self.connections.len() + self.attached.len() + self.backend.kept_sessions());
+        // Shrink first, so that the trim below can return what the maps gave back.
         if self.connections.capacity() > 4 * self.connections.len().max(64) {
             self.connections.shrink_to_fit();
         }
@@ -561,6 +560,9 @@ impl Registry {
             self.attached.shrink_to_fit();
             self.buckets.shrink_to_fit();
         }
+        self.view.shrink_if_sparse();
+        self.memory
+            .observe(self.connections.len() + self.attached.len() + self.backend.kept_sessions());
     }
 
     fn node_of(&self, id: ConnId) -> String {

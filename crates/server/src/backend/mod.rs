@@ -319,6 +319,15 @@ impl View {
         self.nicks.len()
     }
 
+    /// Gives back the maps' room once the crowd that grew them has left (a hash map
+    /// keeps its capacity: 10,000 members' worth is about a megabyte).
+    pub fn shrink_if_sparse(&mut self) {
+        if self.nicks.capacity() > 4 * self.nicks.len().max(64) {
+            self.nicks.shrink_to_fit();
+            self.keys.shrink_to_fit();
+        }
+    }
+
     /// Whether the room is empty.
     pub fn is_empty(&self) -> bool {
         self.nicks.is_empty()
