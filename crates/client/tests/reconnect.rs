@@ -484,7 +484,7 @@ async fn each_reason_for_a_failed_attempt_is_told_once() {
     assert_eq!(told.len(), 2, "{told:#?}");
     assert_eq!(told[0], LOST_CLOSED);
     assert!(
-        told[1].starts_with("Could not reconnect to server@127.0.0.1: ")
+        told[1].starts_with(&format!("Could not reconnect to {target}: "))
             && told[1].ends_with("; retrying in 1 s"),
         "{told:#?}"
     );
