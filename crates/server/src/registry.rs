@@ -1080,6 +1080,7 @@ impl Registry {
                     }
                     None => {}
                 }
+                self.history.set_room_size(self.view.len());
                 self.history
                     .append(seq, event.native_frame().clone(), audience, kind);
                 let mut failed = Vec::new();
