@@ -571,14 +571,27 @@ fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
     // Started from an interactive shell, as a user does: Ctrl-Z stops it, `fg` goes on.
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &[]);
-    let mut ann = ctx.client("ann").to(&server).in_shell().join_pty();
+    // Reconnecting, as by default: the old client lost its terminal only then.
+    let mut ann = ctx
+        .client("ann")
+        .to(&server)
+        .reconnect()
+        .in_shell()
+        .join_pty();
     let mut bob = ctx.join(&server, "bob");
     ann.expect_from_server("* bob has joined *");
     ann.keys("hello wor");
     ann.expect_input("hello wor");
     ann.keys(keys::CTRL_Z);
     ann.expect_row("Stopped");
+    // As a person does: wait for the shell's prompt, type `fg`, wait for the shell to
+    // name the job it continues.
+    ann.pty
+        .wait_for("the shell's prompt", chat_tests::WAIT, |snap| {
+            (snap.cursor_row().trim_end() == "$").then_some(())
+        });
     ann.keys("fg\r");
+    ann.expect_row("chat-client");
     // The prompt and the half-typed line are back, and the editor has the keys again.
     ann.expect_input("hello wor");
     ann.keys("ld");
