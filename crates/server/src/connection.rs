@@ -167,7 +167,9 @@ pub async fn handle(mut stream: TcpStream, addr: SocketAddr, id: ConnId, shared:
             drop(permit);
         }
         Some(Opened::Erlang { first, permit }) => {
-            crate::erlang::run(stream, addr, first, &shared).await;
+            // Boxed too: a distribution link's state is larger than a native session's,
+            // and inline it would size every native member's task by it.
+            Box::pin(crate::erlang::run(stream, addr, first, &shared)).await;
             drop(permit);
         }
     }
