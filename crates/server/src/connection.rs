@@ -130,17 +130,8 @@ impl Shared {
 
 /// How a connection opened.
 enum Opened {
-    /// Our protocol: a finished handshake.
-    Native {
-        /// The client's node, authenticated.
-        node: NodeName,
-        /// Bytes read past the handshake.
-        leftover: BytesMut,
-        /// The keys of the secure channel.
-        channel: Established,
-        /// Its `--max-clients` place.
-        permit: OwnedSemaphorePermit,
-    },
+    /// Our protocol: a finished handshake (boxed: see [`handle`]).
+    Native(Box<Native>),
     /// An Erlang distribution handshake, with its first four bytes.
     Erlang {
         /// The bytes already read.
@@ -150,21 +141,30 @@ enum Opened {
     },
 }
 
+/// What a native connection's handshake established.
+struct Native {
+    /// The client's node, authenticated.
+    node: NodeName,
+    /// Bytes read past the handshake.
+    leftover: BytesMut,
+    /// The keys of the secure channel.
+    channel: Established,
+    /// Its `--max-clients` place, held for the session's life.
+    permit: OwnedSemaphorePermit,
+}
+
 /// Runs one connection to its end.
+///
+/// This task lives as long as the connection, so its size is paid by every idle member:
+/// what is short-lived or rare is boxed (the opening, a distribution link), and what the
+/// handshake established reaches the session in one box it takes apart before its first
+/// wait (a future keeps its arguments for its whole life).
 pub async fn handle(mut stream: TcpStream, addr: SocketAddr, id: ConnId, shared: Arc<Shared>) {
-    // Boxed: the opening's state (handshake buffer, key exchange, timers) is short-lived;
-    // inline, it would size this task for the connection's whole life.
     match Box::pin(opening(&mut stream, addr, &shared)).await {
         None => {}
-        Some(Opened::Native {
-            node,
-            leftover,
-            channel,
-            permit,
-        }) => {
-            tracing::info!(%addr, %node, "connected");
-            session(stream, addr, id, node, leftover, channel, &shared).await;
-            drop(permit);
+        Some(Opened::Native(native)) => {
+            tracing::info!(%addr, node = %native.node, "connected");
+            session(stream, addr, id, native, &shared).await;
         }
         Some(Opened::Erlang { first, permit }) => {
             // Boxed too: a distribution link's state is larger than a native session's,
@@ -372,12 +372,12 @@ async fn open(stream: &mut TcpStream, addr: SocketAddr, shared: &Shared) -> Opti
                     return None;
                 };
                 stream.write_all(&reply).await.ok()?;
-                return Some(Opened::Native {
+                return Some(Opened::Native(Box::new(Native {
                     node: peer,
                     leftover: buffer,
                     channel: *channel,
                     permit,
-                });
+                })));
             }
             ServerStep::Refuse { reply, error } => {
                 if !machine.exchanged_keys()
@@ -402,11 +402,15 @@ async fn session(
     stream: TcpStream,
     addr: SocketAddr,
     id: ConnId,
-    node: NodeName,
-    leftover: BytesMut,
-    channel: Established,
+    native: Box<Native>,
     shared: &Shared,
 ) {
+    let Native {
+        node,
+        leftover,
+        channel,
+        permit: _permit,
+    } = *native;
     let config = &shared.config;
     let (read_half, write_half) = stream.into_split();
     let pipe = Arc::new(Pipe::new(config.send_queue_frames, config.send_queue_bytes));
@@ -428,6 +432,8 @@ async fn session(
         stop.clone(),
         Encoding::Sealed(channel.sealer),
     ));
+    // Before the first wait, so that what the handshake left is not kept beside it.
+    let mut frames = Inbound::new(read_half, leftover, channel.opener);
     let registry = &shared.registry;
     if !registry
         .send(Command::Attach {
@@ -438,7 +444,6 @@ async fn session(
     {
         return;
     }
-    let mut frames = Inbound::new(read_half, leftover, channel.opener);
     let mut reader = Reader {
         id,
         peer: &peer,
