@@ -158,19 +158,31 @@ struct Native {
 /// This task lives as long as the connection, so its size is paid by every idle member:
 /// what is short-lived or rare is boxed (the opening, a distribution link), and what the
 /// handshake established reaches the session in one box it takes apart before its first
-/// wait (a future keeps its arguments for its whole life).
-pub async fn handle(mut stream: TcpStream, addr: SocketAddr, id: ConnId, shared: Arc<Shared>) {
-    match Box::pin(opening(&mut stream, addr, &shared)).await {
-        None => {}
-        Some(Opened::Native(native)) => {
-            tracing::info!(%addr, node = %native.node, "connected");
-            session(stream, addr, id, native, &shared).await;
-        }
-        Some(Opened::Erlang { first, permit }) => {
-            // Boxed too: a distribution link's state is larger than a native session's,
-            // and inline it would size every native member's task by it.
-            Box::pin(crate::erlang::run(stream, addr, first, &shared)).await;
-            drop(permit);
+/// wait (an `async fn` keeps its arguments beside the locals made from them for its
+/// whole life: this and the session are `async move` blocks, which use them in place).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice for the connection's life"
+)]
+pub fn handle(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> {
+    async move {
+        match Box::pin(opening(&mut stream, addr, &shared)).await {
+            None => {}
+            Some(Opened::Native(native)) => {
+                tracing::info!(%addr, node = %native.node, "connected");
+                session(stream, addr, id, native, &shared).await;
+            }
+            Some(Opened::Erlang { first, permit }) => {
+                // Boxed too: a distribution link's state is larger than a native session's,
+                // and inline it would size every native member's task by it.
+                Box::pin(crate::erlang::run(stream, addr, first, &shared)).await;
+                drop(permit);
+            }
         }
     }
 }
@@ -398,87 +410,100 @@ async fn open(stream: &mut TcpStream, addr: SocketAddr, shared: &Shared) -> Opti
 
 /// The established session: spawns the writer, attaches to the registry, and reads until
 /// the connection ends; then detaches with the reason.
-async fn session(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice for the connection's life"
+)]
+fn session(
     stream: TcpStream,
     addr: SocketAddr,
     id: ConnId,
     native: Box<Native>,
     shared: &Shared,
-) {
-    let Native {
-        node,
-        leftover,
-        channel,
-        permit: _permit,
-    } = *native;
-    let config = &shared.config;
-    let (read_half, write_half) = stream.into_split();
-    let pipe = Arc::new(Pipe::new(config.send_queue_frames, config.send_queue_bytes));
-    let stop = CancellationToken::new();
-    let history = Arc::clone(&shared.history);
-    let peer = Arc::new(NativePeer::new(
-        node,
-        addr,
-        pipe.clone(),
-        history.clone(),
-        stop.clone(),
-    ));
-    let group = history.group_of(id);
-    shared.tracker.spawn(writer::run(
-        write_half,
-        pipe,
-        history,
-        group,
-        stop.clone(),
-        Encoding::Sealed(channel.sealer),
-    ));
-    // Before the first wait, so that what the handshake left is not kept beside it.
-    let mut frames = Inbound::new(read_half, leftover, channel.opener);
-    let registry = &shared.registry;
-    if !registry
-        .send(Command::Attach {
-            id,
-            peer: peer.clone(),
-        })
-        .await
-    {
-        return;
-    }
-    let mut reader = Reader {
-        id,
-        peer: &peer,
-        shared,
-        bucket: TokenBucket::new(config.rate_per_sec, config.burst),
-    };
-    // Liveness is the registry's: it pings every connection each tick and drops those
-    // not heard from (see `Peer::tick`); the reader only stamps each frame.
-    let reason = loop {
-        tokio::select! {
-            () = stop.cancelled() => break peer.ended_for().unwrap_or(LeaveReason::ConnectionLost),
-            next = frames.next() => match next {
-                None => {
-                    peer.abort();
-                    break LeaveReason::ConnectionLost;
-                }
-                Some(Err(e)) => {
-                    if let Some(reason) = read_failed(&e, addr, &peer) {
-                        break reason;
-                    }
-                    break LeaveReason::ConnectionLost;
-                }
-                Some(Ok(message)) => {
-                    peer.heard();
-                    if let Some(reason) = reader.on_message(message).await {
-                        break reason;
-                    }
-                }
-            },
+) -> impl Future<Output = ()> + '_ {
+    async move {
+        let Native {
+            node,
+            leftover,
+            channel,
+            permit: _permit,
+        } = *native;
+        let config = &shared.config;
+        let (read_half, write_half) = stream.into_split();
+        let pipe = Arc::new(Pipe::new(config.send_queue_frames, config.send_queue_bytes));
+        let stop = CancellationToken::new();
+        let history = Arc::clone(&shared.history);
+        let peer = Arc::new(NativePeer::new(
+            node,
+            addr,
+            pipe.clone(),
+            history.clone(),
+            stop.clone(),
+        ));
+        let group = history.group_of(id);
+        shared.tracker.spawn(writer::run(
+            write_half,
+            pipe,
+            history,
+            group,
+            stop.clone(),
+            Encoding::Sealed(channel.sealer),
+        ));
+        // Before the first wait, so that what the handshake left is not kept beside it.
+        let mut frames = Inbound::new(read_half, leftover, channel.opener);
+        let registry = &shared.registry;
+        if !registry
+            .send(Command::Attach {
+                id,
+                peer: peer.clone(),
+            })
+            .await
+        {
+            return;
         }
-    };
-    // Logged by the registry, once, with the member's nick if any.
-    tracing::debug!(%addr, node = %peer.node(), reason = reason.describe(), "reader done");
-    registry.send(Command::Detach { id, reason }).await;
-    linger::drain_then_stop(frames.into_socket(), config.handshake_timeout, &stop).await;
+        let mut reader = Reader {
+            id,
+            peer: &peer,
+            shared,
+            bucket: TokenBucket::new(config.rate_per_sec, config.burst),
+        };
+        // Liveness is the registry's: it pings every connection each tick and drops those
+        // not heard from (see `Peer::tick`); the reader only stamps each frame.
+        let reason = loop {
+            tokio::select! {
+                () = stop.cancelled() => break peer.ended_for().unwrap_or(LeaveReason::ConnectionLost),
+                next = frames.next() => match next {
+                    None => {
+                        peer.abort();
+                        break LeaveReason::ConnectionLost;
+                    }
+                    Some(Err(e)) => {
+                        if let Some(reason) = read_failed(&e, addr, &peer) {
+                            break reason;
+                        }
+                        break LeaveReason::ConnectionLost;
+                    }
+                    Some(Ok(message)) => {
+                        peer.heard();
+                        // Boxed, as the lingering close below: the largest waits, off
+                        // the task an idle member keeps.
+                        if let Some(reason) = Box::pin(reader.on_message(message)).await {
+                            break reason;
+                        }
+                    }
+                },
+            }
+        };
+        // Logged by the registry, once, with the member's nick if any.
+        tracing::debug!(%addr, node = %peer.node(), reason = reason.describe(), "reader done");
+        registry.send(Command::Detach { id, reason }).await;
+        Box::pin(linger::drain_then_stop(
+            frames.into_socket(),
+            config.handshake_timeout,
+            &stop,
+        ))
+        .await;
+    }
 }
 
 /// Decides what a read error means. Protocol violations are told to the client and end

@@ -270,14 +270,27 @@ struct Connection {
     peer: Arc<dyn Peer>,
     /// The session this connection carries, once joined or resumed.
     session: Option<SessionId>,
-    /// A join or resume in progress.
-    pending: Option<Pending>,
+    /// A join or resume in progress (boxed, as the next field: a member keeps its
+    /// connection's entry, and the map's buckets, for its whole life).
+    pending: Option<Box<Pending>>,
     /// Set once the registry has closed this connection; its own `Detach` follows.
     closed: bool,
     /// The nick this connection took out of the room with a leave, not logged yet, and
     /// when: a quit is a leave and then the end of the connection, logged as one line
     /// (`left reason=quit`). Logged as `left` when the connection goes on instead.
-    unlogged_leave: Option<(String, Instant)>,
+    unlogged_leave: Option<Box<(String, Instant)>>,
+}
+
+impl Connection {
+    /// Takes the join or resume in progress.
+    fn take_pending(&mut self) -> Option<Pending> {
+        self.pending.take().map(|pending| *pending)
+    }
+
+    /// Takes the leave not logged yet: its nick and when.
+    fn take_unlogged_leave(&mut self) -> Option<(String, Instant)> {
+        self.unlogged_leave.take().map(|leave| *leave)
+    }
 }
 
 /// A session carried by one of this node's connections.
@@ -399,7 +412,7 @@ impl Registry {
                 // the end (a quit), or the end alone; nothing if the registry closed it
                 // (that was logged then).
                 let (node, mut told, leave) = match self.connections.get_mut(&id) {
-                    Some(c) => (c.peer.node().to_string(), c.closed, c.unlogged_leave.take()),
+                    Some(c) => (c.peer.node().to_string(), c.closed, c.take_unlogged_leave()),
                     None => (String::new(), true, None),
                 };
                 if let Some(session) = self.session_of(id)
@@ -469,7 +482,7 @@ impl Registry {
                 let pending = self
                     .connections
                     .get_mut(&conn)
-                    .and_then(|connection| connection.pending.take());
+                    .and_then(Connection::take_pending);
                 if let Some(Pending::Joining { nick, .. }) = pending {
                     self.log_join_refused(conn, &nick, &reply);
                 }
@@ -520,8 +533,8 @@ impl Registry {
             if connection
                 .unlogged_leave
                 .as_ref()
-                .is_some_and(|(_, at)| now.duration_since(*at) >= QUIT_WINDOW)
-                && let Some((nick, _)) = connection.unlogged_leave.take()
+                .is_some_and(|leave| now.duration_since(leave.1) >= QUIT_WINDOW)
+                && let Some((nick, _)) = connection.take_unlogged_leave()
             {
                 log_left(
                     &nick,
@@ -576,7 +589,7 @@ impl Registry {
     /// no quit.
     fn log_leave(&mut self, id: ConnId) {
         if let Some(connection) = self.connections.get_mut(&id)
-            && let Some((nick, _)) = connection.unlogged_leave.take()
+            && let Some((nick, _)) = connection.take_unlogged_leave()
         {
             log_left(
                 &nick,
@@ -617,7 +630,7 @@ impl Registry {
         connection.closed = true;
         connection.peer.close(reason);
         let node = connection.peer.node().to_string();
-        if let Some((nick, _)) = connection.unlogged_leave.take() {
+        if let Some((nick, _)) = connection.take_unlogged_leave() {
             log_left(&nick, &node, LeaveReason::Left);
         }
         match connection
@@ -691,10 +704,10 @@ impl Registry {
                 return;
             }
         };
-        connection.pending = Some(Pending::Joining {
+        connection.pending = Some(Box::new(Pending::Joining {
             backlog,
             nick: nick.clone(),
-        });
+        }));
         self.submit(Request::Join {
             conn: id,
             nick,
@@ -712,8 +725,10 @@ impl Registry {
         seq: u64,
     ) {
         let backlog = match self.connections.get_mut(&conn) {
-            Some(c) if !c.closed && matches!(c.pending, Some(Pending::Joining { .. })) => {
-                let Some(Pending::Joining { backlog, .. }) = c.pending.take() else {
+            Some(c)
+                if !c.closed && matches!(c.pending.as_deref(), Some(Pending::Joining { .. })) =>
+            {
+                let Some(Pending::Joining { backlog, .. }) = c.take_pending() else {
                     return;
                 };
                 c.session = Some(session);
@@ -837,7 +852,7 @@ impl Registry {
             );
             return;
         }
-        connection.pending = Some(Pending::Resuming);
+        connection.pending = Some(Box::new(Pending::Resuming));
         let oldest_local = self.history.oldest();
         self.submit(Request::Resume {
             conn: id,
@@ -854,7 +869,7 @@ impl Registry {
         let asked = self
             .connections
             .get(&conn)
-            .is_some_and(|c| !c.closed && matches!(c.pending, Some(Pending::Resuming)));
+            .is_some_and(|c| !c.closed && matches!(c.pending.as_deref(), Some(Pending::Resuming)));
         if !asked {
             // The connection went away meanwhile. Unless another connection here
             // carries the session, nobody does.
@@ -951,7 +966,7 @@ impl Registry {
         if let Some(nick) = self.depart(session, LeaveReason::Left)
             && let Some(connection) = self.connections.get_mut(&id)
         {
-            connection.unlogged_leave = Some((nick, Instant::now()));
+            connection.unlogged_leave = Some(Box::new((nick, Instant::now())));
         }
         self.reply(id, Reply::Left);
         if let Some(connection) = self.connections.get(&id)

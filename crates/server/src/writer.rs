@@ -201,81 +201,91 @@ pub enum Encoding {
 
 /// Runs until the outbox finishes, the socket fails, the connection falls out of the
 /// history, or `stop` fires. `group` is the history wake-up group to wait in.
-pub async fn run<W: AsyncWrite + Unpin>(
+///
+/// An `async move` block rather than an `async fn`: an async fn's future keeps its
+/// arguments beside the locals made from them for its whole life, and this future lives
+/// as long as the connection.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice for the connection's life"
+)]
+pub fn run<W: AsyncWrite + Unpin>(
     mut socket: W,
     pipe: Arc<Pipe>,
     history: Arc<History>,
     group: usize,
     stop: CancellationToken,
     mut encoding: Encoding,
-) {
-    let mut writer = Writer {
-        pipe: pipe.clone(),
-        history: history.clone(),
-        reading: None,
-        pending: VecDeque::new(),
-        last: false,
-    };
-    let mut buffer = BytesMut::new();
-    let mut sealed = BytesMut::new();
-    loop {
-        // Arm both wake-ups before looking, so that nothing appended or queued while we
-        // look is missed.
-        let appended = history.changed(group);
-        let queued = pipe.outbox.ready();
-        tokio::pin!(appended, queued);
-        appended.as_mut().enable();
-        queued.as_mut().enable();
+) -> impl Future<Output = ()> {
+    async move {
+        let mut writer = Writer {
+            pipe: pipe.clone(),
+            history: history.clone(),
+            reading: None,
+            pending: VecDeque::new(),
+            last: false,
+        };
+        let mut buffer = BytesMut::new();
+        let mut sealed = BytesMut::new();
+        loop {
+            // Arm both wake-ups before looking, so that nothing appended or queued while we
+            // look is missed.
+            let appended = history.changed(group);
+            let queued = pipe.outbox.ready();
+            tokio::pin!(appended, queued);
+            appended.as_mut().enable();
+            queued.as_mut().enable();
 
-        let gathered = writer.gather(&mut buffer);
-        if let Gathered::FellOff = gathered {
-            tracing::debug!("fell out of the history; dropping the slow consumer");
-            pipe.end_for(LeaveReason::SendQueueExceeded);
-            break;
-        }
-        if !buffer.is_empty() {
-            let out = match &mut encoding {
-                Encoding::Plain => &buffer,
-                Encoding::Sealed(sealer) => {
-                    sealed.reserve(sealed_len(buffer.len()));
-                    if let Err(e) = sealer.seal_stream([&buffer[..]], &mut sealed) {
-                        tracing::error!(error = %e, "cannot seal what is to be sent");
-                        break;
-                    }
-                    &sealed
-                }
-            };
-            let written = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                result = socket.write_all(out) => result,
-            };
-            if let Err(e) = written {
-                tracing::debug!(error = %e, "write failed");
+            let gathered = writer.gather(&mut buffer);
+            if let Gathered::FellOff = gathered {
+                tracing::debug!("fell out of the history; dropping the slow consumer");
+                pipe.end_for(LeaveReason::SendQueueExceeded);
                 break;
             }
-            buffer.clear();
-            sealed.clear();
+            if !buffer.is_empty() {
+                let out = match &mut encoding {
+                    Encoding::Plain => &buffer,
+                    Encoding::Sealed(sealer) => {
+                        sealed.reserve(sealed_len(buffer.len()));
+                        if let Err(e) = sealer.seal_stream([&buffer[..]], &mut sealed) {
+                            tracing::error!(error = %e, "cannot seal what is to be sent");
+                            break;
+                        }
+                        &sealed
+                    }
+                };
+                let written = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    result = socket.write_all(out) => result,
+                };
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "write failed");
+                    break;
+                }
+                buffer.clear();
+                sealed.clear();
+            }
+            if writer.last && writer.pending.is_empty() {
+                // Orderly end: everything is written; send FIN.
+                let _ = socket.shutdown().await;
+                break;
+            }
+            if let Gathered::More = gathered {
+                continue;
+            }
+            // Idle: hold no buffer while waiting.
+            buffer = BytesMut::new();
+            sealed = BytesMut::new();
+            let reading = writer.reading.is_some();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = &mut queued => {}
+                () = &mut appended, if reading => {}
+            }
         }
-        if writer.last && writer.pending.is_empty() {
-            // Orderly end: everything is written; send FIN.
-            let _ = socket.shutdown().await;
-            break;
-        }
-        if let Gathered::More = gathered {
-            continue;
-        }
-        // Idle: hold no buffer while waiting.
-        buffer = BytesMut::new();
-        sealed = BytesMut::new();
-        let reading = writer.reading.is_some();
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            () = &mut queued => {}
-            () = &mut appended, if reading => {}
-        }
+        pipe.outbox.close();
+        stop.cancel();
     }
-    pipe.outbox.close();
-    stop.cancel();
 }
