@@ -27,29 +27,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_tests::chaos::{AsyncRaw, Memory, Rng, memory, raise_open_files_limit, scaled};
+use chat_tests::chaos::{
+    self, AsyncRaw, Memory, Rng, memory, mib, raise_open_files_limit, runtime, scaled,
+};
 use chat_tests::{COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
 use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage, SessionTicket};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
+/// This suite's report line: see [`chaos::report`].
 fn report(scenario: &str, numbers: &[(&str, String)]) {
-    let body: Vec<String> = numbers.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    eprintln!(
-        "chaos {scenario} [{}]: {}",
-        scaled("short", "long"),
-        body.join(", ")
-    );
+    chaos::report("chaos", scenario, numbers);
 }
 
 fn rss_line(before: Memory, after: Memory) -> String {

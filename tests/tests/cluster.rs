@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chat_tests::chaos::runtime;
 use chat_tests::nodes::sorted;
 use chat_tests::redis::{RedisServer, redis_or_skip};
 use chat_tests::talker::{Seen, Talker};
@@ -76,15 +77,6 @@ fn says_private_messages_and_users_cross_nodes() {
     assert_eq!(sorted(&ann.users()), strings(&["ann", "bob"]));
     assert_eq!(sorted(&bob.users()), strings(&["ann", "bob"]));
     drop(copy);
-}
-
-/// A tokio runtime for tests that drive many raw members at once.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
 }
 
 /// Joins `nick` on `server` as a talker.
