@@ -168,8 +168,7 @@ fn the_line_editor_works_against_an_elixir_server() {
         .join_pty();
     let mut carl = ctx.beam_client(server.name(), "carl").join();
     ann.expect_from_server("* carl has joined *");
-    ann.keys("hello wor");
-    ann.expect_input("hello wor");
+    ann.press("hello wor", "hello wor");
     carl.send("one");
     ann.expect_from_server("carl: one");
     ann.expect_input("hello wor");
