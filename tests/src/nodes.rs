@@ -766,6 +766,11 @@ pub fn parse_list(line: &str, start: &str, end: &str) -> Option<Vec<String>> {
     )
 }
 
+/// Owned copies of `list`, for comparing a user list with what a test expects.
+pub fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 /// Sorted copy, for comparing user lists as sets.
 pub fn sorted(list: &[String]) -> Vec<String> {
     let mut list = list.to_vec();

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chat_tests::chaos::runtime;
-use chat_tests::nodes::sorted;
+use chat_tests::nodes::{sorted, strings};
 use chat_tests::redis::{RedisServer, redis_or_skip};
 use chat_tests::talker::{Seen, Talker};
 use chat_tests::{COOKIE, Ctx, Server, Signal, Stream, WAIT};
@@ -22,10 +22,6 @@ fn node(ctx: &Ctx, redis: &RedisServer, name: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--cluster", url.as_str(), "--tick", "0.5"];
     args.extend_from_slice(extra);
     ctx.server(name).args(&args).start()
-}
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]

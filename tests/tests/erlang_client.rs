@@ -6,11 +6,8 @@
 
 use chat_tests::beam::{BEAM_COOKIE, elixir_or_skip};
 use chat_tests::net::epmd_names;
+use chat_tests::nodes::strings;
 use chat_tests::{Ctx, LONG, Signal, WAIT};
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// Acceptance 3: every command against the Elixir server, as against chat-server.
 #[test]

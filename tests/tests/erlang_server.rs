@@ -8,13 +8,10 @@ use std::time::{Duration, Instant};
 
 use chat_tests::beam::{BEAM_COOKIE, RawBeam, elixir_or_skip};
 use chat_tests::chaos::scaled;
+use chat_tests::nodes::strings;
 use chat_tests::{Client, Ctx, LONG, RawClient, Signal, Stream, WAIT};
 use protocol::erlang::exmessenger::{self, Request};
 use protocol::erlang::term::Term;
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// Waits for `nick`'s join on any client: natives print `S> * nick has joined *`, the
 /// original client `S> nick: * nick has joined *`.

@@ -6,11 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use chat_tests::net::{DetachedMapperGuard, epmd_names, free_port, poll_until, wait_for_listener};
+use chat_tests::nodes::strings;
 use chat_tests::{Ctx, LONG, Proc, Server, Signal, Stream, WAIT};
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// The names registered with the mapper on `port` (panics if it does not answer).
 #[track_caller]
