@@ -81,6 +81,17 @@ pub use pty::{Pty, keys};
 pub use raw::{Incoming, RawClient};
 pub use redis::{RedisServer, redis_or_skip};
 
+/// `chat-server` flags for the slow-consumer tests: texts of up to 16 KiB, so that a few
+/// hundred messages fill a send queue, and a flood limit that no sender reaches.
+pub const BIG_TEXTS_NO_FLOOD_LIMIT: [&str; 6] = [
+    "--max-text",
+    "16384",
+    "--rate",
+    "100000",
+    "--burst",
+    "100000",
+];
+
 /// How long to wait for something that should happen at once (a line, a reply).
 pub const WAIT: Duration = Duration::from_secs(15);
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use chat_tests::chaos::{
     self, AsyncRaw, Memory, Rng, memory, mib, raise_open_files_limit, runtime, scaled,
 };
-use chat_tests::{COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
+use chat_tests::{BIG_TEXTS_NO_FLOOD_LIMIT, COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
 use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage, SessionTicket};
 
 /// This suite's report line: see [`chaos::report`].
@@ -606,30 +606,10 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
 /// buffers and the allocator's slack; 24 MiB over the RSS before, per sloth.
 const SLOW_CONSUMER_RSS_BOUND_KIB: u64 = 24 * 1024;
 
-/// A member joined as `nick` with a 4 KiB receive buffer, who will never read: its
-/// queue on the server fills at once.
-fn sloth(port: u16, server: &str, nick: &str) -> RawClient {
-    let mut s = RawClient::connect_small_buffer(nick, port, 4096);
-    s.handshake(&format!("{nick}@localhost"), server, COOKIE)
-        .expect("sloth handshake");
-    assert!(matches!(s.join(nick), Reply::Joined { .. }));
-    s
-}
-
 #[test]
 fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed() {
     let ctx = Ctx::new();
-    let server = ctx.start_server(
-        "server@localhost",
-        &[
-            "--max-text",
-            "16384",
-            "--rate",
-            "100000",
-            "--burst",
-            "100000",
-        ],
-    );
+    let server = ctx.start_server("server@localhost", &BIG_TEXTS_NO_FLOOD_LIMIT);
     let port = server.port();
     let name = server.name().to_string();
     let pid = server.proc.pid();
@@ -638,7 +618,7 @@ fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed()
 
     // The sloths join with a small receive buffer and never read again.
     let mut sloths: Vec<RawClient> = (0..sloth_count)
-        .map(|i| sloth(port, &name, &format!("sloth{i}")))
+        .map(|i| RawClient::joined_sloth(&format!("sloth{i}"), port, &name, COOKIE))
         .collect();
 
     let rt = runtime();
@@ -1310,20 +1290,10 @@ fn f_sigterm_with_many_clients_tells_each_and_exits_zero_within_5_s() {
 #[test]
 fn g_sigterm_does_not_wait_on_a_reader_that_never_reads() {
     let ctx = Ctx::new();
-    let mut server: Server = ctx.start_server(
-        "server@localhost",
-        &[
-            "--max-text",
-            "16384",
-            "--rate",
-            "100000",
-            "--burst",
-            "100000",
-        ],
-    );
+    let mut server: Server = ctx.start_server("server@localhost", &BIG_TEXTS_NO_FLOOD_LIMIT);
     let port = server.port();
     let name = server.name().to_string();
-    let mut sloth = sloth(port, &name, "sloth");
+    let mut sloth = RawClient::joined_sloth("sloth", port, &name, COOKIE);
     let rt = runtime();
     // 3 MB for the sloth: more than the sockets hold, less than its 4 MiB send queue,
     // so the server still has frames for it when told to stop.

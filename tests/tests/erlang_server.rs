@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use chat_tests::beam::{BEAM_COOKIE, RawBeam, elixir_or_skip};
 use chat_tests::chaos::scaled;
 use chat_tests::nodes::strings;
-use chat_tests::{Client, Ctx, LONG, RawClient, Server, Signal, Stream, WAIT};
+use chat_tests::{
+    BIG_TEXTS_NO_FLOOD_LIMIT, Client, Ctx, LONG, RawClient, Server, Signal, Stream, WAIT,
+};
 use protocol::erlang::exmessenger::{self, Request};
 use protocol::erlang::term::Term;
 
@@ -409,16 +411,8 @@ fn idle_beam_nodes_stay_and_silent_peers_are_dropped() {
 /// alone is dropped (`send queue exceeded`), and the others keep receiving everything.
 #[test]
 fn a_beam_node_that_stops_reading_is_dropped_as_a_slow_consumer() {
-    let Some((ctx, server)) = beam_server(&[
-        "--max-text",
-        "16384",
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-        "--send-queue",
-        "16",
-    ]) else {
+    let args = [&BIG_TEXTS_NO_FLOOD_LIMIT[..], &["--send-queue", "16"]].concat();
+    let Some((ctx, server)) = beam_server(&args) else {
         return;
     };
     let mut ann = native(&ctx, &server, "ann");
