@@ -74,6 +74,28 @@ fn joined_as(nick: &str) -> impl Fn(&EventKind) -> bool + '_ {
     move |k| matches!(k, EventKind::Joined { nick: n } if n == nick)
 }
 
+/// Reads `raw` until the server closes it; returns the reason of its `Closing`, if it
+/// sent one, and the `SlowDown` replies before. Fails if anything follows `Closing` (a
+/// second one included) or if `who` hears nothing for `timeout` while still connected.
+async fn read_to_the_close(
+    raw: &mut AsyncRaw,
+    who: &str,
+    timeout: Duration,
+) -> (Option<LeaveReason>, u64) {
+    let mut closing = None;
+    let mut slow_downs = 0;
+    loop {
+        match raw.recv(timeout).await {
+            Ok(Some(msg)) if closing.is_some() => panic!("{who}: {msg:?} after Closing"),
+            Ok(Some(ServerMessage::Closing { reason })) => closing = Some(reason),
+            Ok(Some(ServerMessage::Reply(Reply::SlowDown))) => slow_downs += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => return (closing, slow_downs),
+            Err(e) => panic!("{who} still connected: {e}"),
+        }
+    }
+}
+
 fn left_with<'a>(nick: &'a str, why: LeaveReason) -> impl Fn(&EventKind) -> bool + 'a {
     move |k| matches!(k, EventKind::Left { nick: n, reason } if n == nick && *reason == why)
 }
@@ -158,20 +180,7 @@ fn a_flood_is_throttled_then_dropped_while_a_bystander_pair_keeps_talking() {
             sent += 1;
         }
         let bytes = flooder.bytes_sent;
-        let mut slow_downs = 0u64;
-        let mut closing = None;
-        loop {
-            match flooder.recv(WAIT).await {
-                Ok(Some(ServerMessage::Reply(Reply::SlowDown))) => {
-                    assert!(closing.is_none(), "SlowDown after Closing");
-                    slow_downs += 1;
-                }
-                Ok(Some(ServerMessage::Closing { reason })) => closing = Some(reason),
-                Ok(Some(other)) => assert!(closing.is_none(), "{other:?} after Closing"),
-                Ok(None) => break,
-                Err(e) => panic!("flooder still connected: {e}"),
-            }
-        }
+        let (closing, slow_downs) = read_to_the_close(&mut flooder, "flooder", WAIT).await;
         let checked = pair.await.expect("bystander pair");
         (sent, bytes, slow_downs, closing, checked)
     });
@@ -1223,22 +1232,7 @@ fn f_sigterm_with_many_clients_tells_each_and_exits_zero_within_5_s() {
         .into_iter()
         .enumerate()
         .map(|(i, mut raw)| {
-            rt.spawn(async move {
-                let mut told = None;
-                loop {
-                    match raw.recv(LONG).await {
-                        Ok(Some(ServerMessage::Closing { reason })) => {
-                            assert!(told.is_none(), "u{i}: two Closing messages");
-                            told = Some(reason);
-                        }
-                        Ok(Some(other)) => {
-                            assert!(told.is_none(), "u{i}: {other:?} after Closing");
-                        }
-                        Ok(None) => return told,
-                        Err(e) => panic!("u{i}: {e}"),
-                    }
-                }
-            })
+            rt.spawn(async move { read_to_the_close(&mut raw, &format!("u{i}"), LONG).await.0 })
         })
         .collect();
     let t0 = Instant::now();
