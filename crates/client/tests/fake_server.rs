@@ -9,8 +9,8 @@ mod common;
 use chat_client::plain::{self, PlainOutput};
 use chat_client::session::{JoinOutcome, Session, SessionError, Undelivered};
 use common::{
-    LIMIT, Lines, Mode, ServerSide, accept, ack_private, ack_say, answer_leave, connect_client,
-    joined_at, listen, next, said,
+    LIMIT, Lines, Mode, ServerSide, accept, ack_private, ack_say, answer_leave, closing,
+    connect_client, joined_at, listen, next, said,
 };
 use futures_util::SinkExt;
 use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
@@ -111,12 +111,7 @@ async fn end_of_input_leaves_the_room() {
 async fn a_closing_server_is_a_lost_connection() {
     let (session, mut server, _lines) = joined_session().await;
     let mut lost = session.lost_signal();
-    server
-        .send(ServerMessage::Closing {
-            reason: LeaveReason::ServerShutdown,
-        })
-        .await
-        .unwrap();
+    closing(&mut server, LeaveReason::ServerShutdown).await;
     drop(server);
     let why = timeout(LIMIT, lost.wait()).await.unwrap();
     assert_eq!(why, SessionError::Lost("server shutting down".into()));
@@ -236,12 +231,7 @@ async fn what_the_server_passes_over_is_counted_as_undelivered() {
 async fn a_server_that_kicks_for_flooding_ends_the_session_and_says_why() {
     let (session, mut server, _lines) = joined_session().await;
     let mut lost = session.lost_signal();
-    server
-        .send(ServerMessage::Closing {
-            reason: LeaveReason::Flooding,
-        })
-        .await
-        .unwrap();
+    closing(&mut server, LeaveReason::Flooding).await;
     let why = timeout(LIMIT, lost.wait()).await.unwrap();
     assert_eq!(
         why,

@@ -16,8 +16,8 @@ use chat_client::reconnect::ReconnectPolicy;
 use chat_client::session::{Flow, JoinOutcome, Session, SessionError, Undelivered};
 use common::{
     COOKIE, LIMIT, Lines, Mode, ServerSide, accept, ack_leave, ack_private, ack_say, answer_join,
-    answer_leave, joined, joined_at, joined_session, listen, next, quick_policy, resume, resumed,
-    said, send,
+    answer_leave, closing, joined, joined_at, joined_session, listen, next, quick_policy, resume,
+    resumed, said, send,
 };
 use protocol::{ClientMessage, LeaveReason, Reply, ResumeFailure, ServerMessage};
 use tokio::io::AsyncReadExt;
@@ -67,13 +67,7 @@ async fn a_lost_session_is_resumed_and_what_was_missed_printed_once() {
     let mut lost = session.lost_signal();
     send(&mut server, said(1, "bob", "before")).await;
     lines.wait_for("server@127.0.0.1> bob: before").await;
-    send(
-        &mut server,
-        ServerMessage::Closing {
-            reason: LeaveReason::ServerShutdown,
-        },
-    )
-    .await;
+    closing(&mut server, LeaveReason::ServerShutdown).await;
     drop(server);
 
     // The same listener stands for the server, which kept the session.
@@ -452,13 +446,7 @@ async fn each_reason_for_a_failed_attempt_is_told_once() {
 async fn being_kicked_for_flooding_is_not_reconnected() {
     let (listener, _, session, mut server, lines) = reconnecting(quick_policy()).await;
     let mut lost = session.lost_signal();
-    send(
-        &mut server,
-        ServerMessage::Closing {
-            reason: LeaveReason::Flooding,
-        },
-    )
-    .await;
+    closing(&mut server, LeaveReason::Flooding).await;
     let why = timeout(LIMIT, lost.wait())
         .await
         .expect("still reconnecting");

@@ -17,7 +17,8 @@ use chat_client::session::{JoinOutcome, Output, Session};
 use futures_util::{SinkExt, StreamExt};
 use protocol::secure::ServerStep;
 use protocol::{
-    ClientMessage, Cookie, NodeName, Reply, SecureCodec, ServerHandshake, ServerMessage,
+    ClientMessage, Cookie, LeaveReason, NodeName, Reply, SecureCodec, ServerHandshake,
+    ServerMessage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -125,6 +126,11 @@ pub async fn next(server: &mut ServerSide) -> Option<ClientMessage> {
 /// Sends `msg` to the client.
 pub async fn send(server: &mut ServerSide, msg: ServerMessage) {
     server.send(msg).await.unwrap();
+}
+
+/// Tells the client the server is closing its connection, for `reason`.
+pub async fn closing(server: &mut ServerSide, reason: LeaveReason) {
+    send(server, ServerMessage::Closing { reason }).await;
 }
 
 /// Expects the client to join as `nick` and answers with `answer`.
