@@ -301,12 +301,9 @@ fn a_pasted_flood_from_the_real_client_is_paced_not_dropped() {
     ann.expect_left("paster");
     paster.proc.expect_success(LONG);
 
-    let got: Vec<String> = ann
+    let got = ann
         .proc
-        .lines(Stream::Stdout)
-        .into_iter()
-        .filter(|l| l.contains("> paster: paste "))
-        .collect();
+        .lines_containing(Stream::Stdout, "> paster: paste ");
     let expected: Vec<String> = (0..30)
         .map(|i| format!("server@localhost> paster: paste {i:03}"))
         .collect();

@@ -120,12 +120,7 @@ fn without_a_mapper_the_server_starts_one_detached() {
     assert_eq!(ann.users(), strings(&["ann"]));
     // Said once in the log, with how to stop it (every line before `joined` is read).
     server.proc.expect_stderr_line("joined nick=ann", WAIT);
-    let said: Vec<String> = server
-        .proc
-        .lines(Stream::Stderr)
-        .into_iter()
-        .filter(|line| line.contains("port mapper"))
-        .collect();
+    let said = server.proc.lines_containing(Stream::Stderr, "port mapper");
     assert!(
         said.len() == 1
             && said[0].contains("started a port mapper in the background")

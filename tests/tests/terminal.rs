@@ -502,12 +502,7 @@ fn no_colours_in_a_pipe_even_without_no_color() {
     assert_eq!(ann.users(), ["ann", "bob"]);
     ann.send("/nonsense");
     ann.expect("Unknown command /nonsense");
-    let escaped: Vec<String> = ann
-        .proc
-        .lines(Stream::Any)
-        .into_iter()
-        .filter(|l| l.contains('\x1b'))
-        .collect();
+    let escaped = ann.proc.lines_containing(Stream::Any, "\x1b");
     assert!(
         escaped.is_empty(),
         "escape sequences in a pipe: {escaped:?}"
