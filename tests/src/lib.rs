@@ -28,8 +28,10 @@
 //!   to a terminal emulator (vt100) so that tests assert on the *screen*: printed lines
 //!   (rows above the cursor, wrapped rows joined, scrollback included), the line being
 //!   edited and the cursor, the colours of cells. Keys are typed as a terminal sends
-//!   them ([`pty::keys`]). [`Ctx::join_pty`] / [`nodes::ClientBuilder::join_pty`] start
-//!   one and wait for its banner and empty prompt. Dropping it kills the child.
+//!   them ([`pty::keys`]); [`nodes::PtyClient::press`] types keys and waits for the line
+//!   they make, one step of a key scenario. [`Ctx::join_pty`] /
+//!   [`nodes::ClientBuilder::join_pty`] start one and wait for its banner and empty
+//!   prompt. Dropping it kills the child.
 //! - [`raw::RawClient`]: a client built on the `protocol` crate (tokio socket, preamble,
 //!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
 //!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
