@@ -1,6 +1,7 @@
 //! Tools for the chaos suite (`tests/tests/chaos.rs`): an async raw protocol client that
 //! many tasks can run at once in one runtime, the scale knob, the server's memory from
-//! `/proc`, the open-files limit, and a small deterministic random generator.
+//! `/proc`, the open-files limit, a small deterministic random generator, and the
+//! runtime and report line the chaos, scale and cluster suites share.
 
 use std::io;
 use std::time::Duration;
@@ -26,6 +27,33 @@ pub fn long_form() -> bool {
 /// `short` normally, `long` when `CHAOS_SCALE=long`.
 pub fn scaled<T>(short: T, long: T) -> T {
     if long_form() { long } else { short }
+}
+
+/// A two-worker tokio runtime: the chaos, scale and cluster suites drive hundreds of
+/// async clients from one test thread, and two workers keep them moving on a small
+/// machine without taking it over.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot build a tokio runtime")
+}
+
+/// KiB as MiB, for the numbers the suites print.
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Prints one scenario's numbers on stderr as `<suite> <scenario> [short|long]: k=v, ...`,
+/// so that a run with `--nocapture` leaves a record of what each scenario did.
+pub fn report(suite: &str, scenario: &str, numbers: &[(&str, String)]) {
+    let body: Vec<String> = numbers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    eprintln!(
+        "{suite} {scenario} [{}]: {}",
+        scaled("short", "long"),
+        body.join(", ")
+    );
 }
 
 /// A process's memory from `/proc/<pid>/status`, in KiB.

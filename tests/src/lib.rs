@@ -28,8 +28,10 @@
 //!   to a terminal emulator (vt100) so that tests assert on the *screen*: printed lines
 //!   (rows above the cursor, wrapped rows joined, scrollback included), the line being
 //!   edited and the cursor, the colours of cells. Keys are typed as a terminal sends
-//!   them ([`pty::keys`]). [`Ctx::join_pty`] / [`nodes::ClientBuilder::join_pty`] start
-//!   one and wait for its banner and empty prompt. Dropping it kills the child.
+//!   them ([`pty::keys`]); [`nodes::PtyClient::press`] types keys and waits for the line
+//!   they make, one step of a key scenario. [`Ctx::join_pty`] /
+//!   [`nodes::ClientBuilder::join_pty`] start one and wait for its banner and empty
+//!   prompt. Dropping it kills the child.
 //! - [`raw::RawClient`]: a client built on the `protocol` crate (tokio socket, preamble,
 //!   `ClientHandshake`, then `ClientMessage`s and `ServerMessage`s with timeouts) that
 //!   can also misbehave: write arbitrary bytes, stop reading, ignore pings, or never
@@ -80,6 +82,17 @@ pub use process::{Proc, Signal, Stream};
 pub use pty::{Pty, keys};
 pub use raw::{Incoming, RawClient};
 pub use redis::{RedisServer, redis_or_skip};
+
+/// `chat-server` flags for the slow-consumer tests: texts of up to 16 KiB, so that a few
+/// hundred messages fill a send queue, and a flood limit that no sender reaches.
+pub const BIG_TEXTS_NO_FLOOD_LIMIT: [&str; 6] = [
+    "--max-text",
+    "16384",
+    "--rate",
+    "100000",
+    "--burst",
+    "100000",
+];
 
 /// How long to wait for something that should happen at once (a line, a reply).
 pub const WAIT: Duration = Duration::from_secs(15);

@@ -662,6 +662,19 @@ impl Client {
         self.expect_from_server(&format!("{from}: {text}"))
     }
 
+    /// Waits for the line from `from` whose text begins `start` (as
+    /// [`Client::expect_say`]) and checks that it is exactly `S> <from>: <text>`: what
+    /// `from` typed arrived whole, in one line, with nothing before or after it.
+    #[track_caller]
+    pub fn expect_exact_say(&mut self, from: &str, start: &str, text: &str) {
+        let line = self.expect_say(from, start);
+        let want = format!("{}> {from}: {text}", self.server);
+        if line != want {
+            self.proc
+                .fail(&format!("expected the line {want:?}, got {line:?}"));
+        }
+    }
+
     /// Waits for `S> <from> (private): <text>`.
     #[track_caller]
     pub fn expect_private(&mut self, from: &str, text: &str) -> String {
@@ -753,6 +766,11 @@ pub fn parse_list(line: &str, start: &str, end: &str) -> Option<Vec<String>> {
     )
 }
 
+/// Owned copies of `list`, for comparing a user list with what a test expects.
+pub fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 /// Sorted copy, for comparing user lists as sets.
 pub fn sorted(list: &[String]) -> Vec<String> {
     let mut list = list.to_vec();
@@ -800,6 +818,22 @@ impl PtyClient {
     #[track_caller]
     pub fn keys(&mut self, keys: &str) {
         self.pty.keys(keys);
+    }
+
+    /// Types `keys` and waits until the line being edited is exactly `input`, with the
+    /// cursor at its end: one step of a key scenario, so that each key's effect is
+    /// checked before the next key is typed.
+    #[track_caller]
+    pub fn press(&mut self, keys: &str, input: &str) {
+        self.keys(keys);
+        self.expect_input(input);
+    }
+
+    /// As [`PtyClient::press`], with the cursor `col` characters into `input`.
+    #[track_caller]
+    pub fn press_at(&mut self, keys: &str, input: &str, col: usize) {
+        self.keys(keys);
+        self.expect_input_at(input, col);
     }
 
     /// Types `line` and presses Enter.

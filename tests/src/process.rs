@@ -314,6 +314,14 @@ impl Proc {
             .collect()
     }
 
+    /// The lines read so far from `stream` that contain `needle`: what a test counts or
+    /// compares after the fact, once a later line shows that they have all arrived.
+    pub fn lines_containing(&mut self, stream: Stream, needle: &str) -> Vec<String> {
+        let mut lines = self.lines(stream);
+        lines.retain(|l| l.contains(needle));
+        lines
+    }
+
     /// Writes `line` and a newline to stdin.
     #[track_caller]
     pub fn send_line(&mut self, line: &str) {

@@ -145,6 +145,21 @@ impl RawClient {
         }
     }
 
+    /// Joins as `nick` (own name `<nick>@localhost`) with a 4 KiB receive buffer, to
+    /// read no more: a slow consumer, whose socket and then send queue on the server
+    /// fill up quickly. Panics unless the join is answered `Joined`.
+    #[track_caller]
+    pub fn joined_sloth(nick: &str, port: u16, server: &str, cookie: &str) -> RawClient {
+        let mut sloth = RawClient::connect_small_buffer(nick, port, 4096);
+        sloth
+            .handshake(&format!("{nick}@localhost"), server, cookie)
+            .expect("sloth handshake");
+        match sloth.join(nick) {
+            Reply::Joined { .. } => sloth,
+            other => panic!("{nick}: join refused: {other:?}"),
+        }
+    }
+
     /// The label used in panics.
     pub fn label(&self) -> &str {
         &self.label

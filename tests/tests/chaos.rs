@@ -27,29 +27,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_tests::chaos::{AsyncRaw, Memory, Rng, memory, raise_open_files_limit, scaled};
-use chat_tests::{COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
+use chat_tests::chaos::{
+    self, AsyncRaw, Memory, Rng, memory, mib, raise_open_files_limit, runtime, scaled,
+};
+use chat_tests::{BIG_TEXTS_NO_FLOOD_LIMIT, COOKIE, Ctx, LONG, RawClient, Server, Signal, WAIT};
 use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage, SessionTicket};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
+/// This suite's report line: see [`chaos::report`].
 fn report(scenario: &str, numbers: &[(&str, String)]) {
-    let body: Vec<String> = numbers.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    eprintln!(
-        "chaos {scenario} [{}]: {}",
-        scaled("short", "long"),
-        body.join(", ")
-    );
+    chaos::report("chaos", scenario, numbers);
 }
 
 fn rss_line(before: Memory, after: Memory) -> String {
@@ -75,6 +61,41 @@ async fn expect_event(raw: &mut AsyncRaw, what: &str, pred: impl Fn(&EventKind) 
     }
 }
 
+/// Opens a session on the server at `port` and joins as `nick`; panics with the reason if
+/// it cannot.
+async fn joined(port: u16, server: &str, nick: &str) -> AsyncRaw {
+    AsyncRaw::open_joined(port, server, COOKIE, nick)
+        .await
+        .unwrap_or_else(|e| panic!("{nick}: {e}"))
+}
+
+/// Matches `nick`'s arrival in the room.
+fn joined_as(nick: &str) -> impl Fn(&EventKind) -> bool + '_ {
+    move |k| matches!(k, EventKind::Joined { nick: n } if n == nick)
+}
+
+/// Reads `raw` until the server closes it; returns the reason of its `Closing`, if it
+/// sent one, and the `SlowDown` replies before. Fails if anything follows `Closing` (a
+/// second one included) or if `who` hears nothing for `timeout` while still connected.
+async fn read_to_the_close(
+    raw: &mut AsyncRaw,
+    who: &str,
+    timeout: Duration,
+) -> (Option<LeaveReason>, u64) {
+    let mut closing = None;
+    let mut slow_downs = 0;
+    loop {
+        match raw.recv(timeout).await {
+            Ok(Some(msg)) if closing.is_some() => panic!("{who}: {msg:?} after Closing"),
+            Ok(Some(ServerMessage::Closing { reason })) => closing = Some(reason),
+            Ok(Some(ServerMessage::Reply(Reply::SlowDown))) => slow_downs += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => return (closing, slow_downs),
+            Err(e) => panic!("{who} still connected: {e}"),
+        }
+    }
+}
+
 fn left_with<'a>(nick: &'a str, why: LeaveReason) -> impl Fn(&EventKind) -> bool + 'a {
     move |k| matches!(k, EventKind::Left { nick: n, reason } if n == nick && *reason == why)
 }
@@ -94,21 +115,10 @@ fn a_flood_is_throttled_then_dropped_while_a_bystander_pair_keeps_talking() {
 
     let rt = runtime();
     let (sent, bytes, slow_downs, closing, pair_checked) = rt.block_on(async {
-        let mut ann = AsyncRaw::open_joined(port, &name, COOKIE, "ann")
-            .await
-            .unwrap();
-        let mut bob = AsyncRaw::open_joined(port, &name, COOKIE, "bob")
-            .await
-            .unwrap();
-        let mut flooder = AsyncRaw::open_joined(port, &name, COOKIE, "flooder")
-            .await
-            .unwrap();
-        expect_event(
-            &mut bob,
-            "flooder joined",
-            |k| matches!(k, EventKind::Joined { nick } if nick == "flooder"),
-        )
-        .await;
+        let mut ann = joined(port, &name, "ann").await;
+        let mut bob = joined(port, &name, "bob").await;
+        let mut flooder = joined(port, &name, "flooder").await;
+        expect_event(&mut bob, "flooder joined", joined_as("flooder")).await;
 
         // The bystander pair: ann says numbered messages at 4 per second (under the
         // limit of 5) while the flood runs; bob must get them all, in order.
@@ -170,20 +180,7 @@ fn a_flood_is_throttled_then_dropped_while_a_bystander_pair_keeps_talking() {
             sent += 1;
         }
         let bytes = flooder.bytes_sent;
-        let mut slow_downs = 0u64;
-        let mut closing = None;
-        loop {
-            match flooder.recv(WAIT).await {
-                Ok(Some(ServerMessage::Reply(Reply::SlowDown))) => {
-                    assert!(closing.is_none(), "SlowDown after Closing");
-                    slow_downs += 1;
-                }
-                Ok(Some(ServerMessage::Closing { reason })) => closing = Some(reason),
-                Ok(Some(other)) => assert!(closing.is_none(), "{other:?} after Closing"),
-                Ok(None) => break,
-                Err(e) => panic!("flooder still connected: {e}"),
-            }
-        }
+        let (closing, slow_downs) = read_to_the_close(&mut flooder, "flooder", WAIT).await;
         let checked = pair.await.expect("bystander pair");
         (sent, bytes, slow_downs, closing, checked)
     });
@@ -374,179 +371,168 @@ fn oversized_say(len: u32) -> Vec<u8> {
     frame
 }
 
-#[test]
-fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() {
-    let ctx = Ctx::new();
-    let server = ctx.start_server(
-        "server@localhost",
-        &["--rate", "100000", "--burst", "100000"],
-    );
-    let port = server.port();
-    let name = server.name().to_string();
-    let pid = server.proc.pid();
-    let rounds: u64 = scaled(50, 500);
-    let rt = runtime();
-    let (before, connections, bytes, checked, seen) = rt.block_on(async {
-        let mut watcher = AsyncRaw::open_joined(port, &name, COOKIE, "watcher")
+/// Sends `msg` on `raw` and reads what the server does with it.
+async fn answer(raw: &mut AsyncRaw, msg: &ClientMessage) -> Outcome {
+    raw.send(msg).await.unwrap();
+    outcome(raw).await
+}
+
+/// What the attack rounds of scenario c) share: the server, the watcher who sees every
+/// attacker leave, and the totals the scenario reports.
+struct Attacks {
+    port: u16,
+    name: String,
+    watcher: AsyncRaw,
+    connections: u64,
+    bytes: u64,
+    /// Answers checked.
+    checked: u64,
+    /// The outcomes that may be one of two, as they came.
+    seen: BTreeSet<String>,
+}
+
+impl Attacks {
+    /// A new attacker's connection, joined as `nick`.
+    async fn joined(&self, nick: &str) -> AsyncRaw {
+        joined(self.port, &self.name, nick).await
+    }
+
+    /// The end of an attack: counts its connection and what it wrote.
+    fn done(&mut self, raw: AsyncRaw) {
+        self.bytes += raw.bytes_sent;
+        self.connections += 1;
+    }
+
+    /// Waits until the watcher sees `nick` leave, for whatever reason, and returns why.
+    async fn left(&mut self, nick: &str) -> LeaveReason {
+        let ev = expect_event(
+            &mut self.watcher,
+            &format!("{nick} left"),
+            |k| matches!(k, EventKind::Left { nick: n, .. } if n == nick),
+        )
+        .await;
+        let EventKind::Left { reason, .. } = ev.kind else {
+            unreachable!("the predicate matched a Left")
+        };
+        reason
+    }
+
+    /// Attack 1: garbage instead of the preamble: closed.
+    async fn garbage_preamble(&mut self) {
+        let mut raw = AsyncRaw::connect(self.port).await.unwrap();
+        raw.write_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        // One warm-up round so that the allocator has its working set before measuring.
-        let mut connections = 0u64;
-        let mut bytes = 0u64;
-        let mut checked = 0u64;
-        let mut before = None;
-        let mut seen = BTreeSet::new();
-        for round in 0..=rounds {
-            if round == 1 {
-                before = Some(memory(pid));
-            }
-            // 1. Garbage instead of the preamble: closed.
-            let mut raw = AsyncRaw::connect(port).await.unwrap();
-            raw.write_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            raw.until_closed(WAIT).await.expect("garbage preamble");
-            bytes += raw.bytes_sent;
-            connections += 1;
+        raw.until_closed(WAIT).await.expect("garbage preamble");
+        self.done(raw);
+    }
 
-            // 2. A 4 GiB length prefix after joining: closed as a protocol error, and
-            // the room is told.
-            let nick = format!("huge{round}");
-            let mut raw = AsyncRaw::open_joined(port, &name, COOKIE, &nick)
-                .await
-                .unwrap();
-            raw.write_sealed(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
-                .await
-                .unwrap();
-            expect_protocol_error(&mut raw, &mut watcher, &nick, "4 GiB length prefix").await;
-            bytes += raw.bytes_sent;
-            connections += 1;
-
-            // 3. A truncated frame, then EOF: the connection is gone, the nick freed.
-            let nick = format!("trunc{round}");
-            let mut raw = AsyncRaw::open_joined(port, &name, COOKIE, &nick)
-                .await
-                .unwrap();
-            let frame = protocol::codec::encode_frame(&ClientMessage::Say {
-                id: 0,
-                text: "cut short".into(),
-            })
-            .unwrap();
-            raw.write_sealed(&frame[..frame.len() - 3]).await.unwrap();
-            raw.shutdown_write().await.unwrap();
-            raw.until_closed(WAIT).await.expect("truncated frame");
-            let ev = expect_event(
-                &mut watcher,
-                "trunc left",
-                |k| matches!(k, EventKind::Left { nick: n, .. } if *n == nick),
-            )
-            .await;
-            assert!(
-                matches!(
-                    ev.kind,
-                    EventKind::Left {
-                        reason: LeaveReason::ConnectionLost | LeaveReason::ProtocolError,
-                        ..
-                    }
-                ),
-                "truncated frame: {ev:?}"
-            );
-            if let EventKind::Left { reason, .. } = ev.kind {
-                seen.insert(format!("truncated frame: room told {reason:?}"));
-            }
-            bytes += raw.bytes_sent;
-            connections += 1;
-
-            // 4. Invalid UTF-8 inside a Say, then over-long nicks and texts on one
-            // joined connection.
-            let nick = format!("bad{round}");
-            let mut raw = AsyncRaw::open(port, &format!("{nick}@localhost"), &name, COOKIE)
-                .await
-                .unwrap();
-            for bad in [
-                "n".repeat(33),
-                "é".repeat(17),
-                "x".repeat(60_000),
-                "with space".into(),
-                "SeRvEr".into(),
-            ] {
-                let out = {
-                    raw.send(&ClientMessage::Join {
-                        nick: bad.clone(),
-                        backlog: 0,
-                    })
-                    .await
-                    .unwrap();
-                    outcome(&mut raw).await
-                };
-                assert!(
-                    matches!(
-                        out,
-                        Outcome::Reply(Reply::InvalidNick { .. } | Reply::NickNotAllowed)
-                    ),
-                    "nick of {} bytes: {out:?}",
-                    bad.len()
-                );
-                checked += 1;
-            }
-            assert!(matches!(raw.join(&nick).await, Ok(Reply::Joined { .. })));
-            raw.send(&ClientMessage::Say {
-                id: 0,
-                text: "t".repeat(4097),
-            })
+    /// Attack 2: a 4 GiB length prefix after joining: closed as a protocol error, and
+    /// the room is told.
+    async fn huge_length_prefix(&mut self, round: u64) {
+        let nick = format!("huge{round}");
+        let mut raw = self.joined(&nick).await;
+        raw.write_sealed(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
             .await
             .unwrap();
-            let out = outcome(&mut raw).await;
-            assert!(
-                matches!(out, Outcome::Reply(Reply::InvalidText { .. })),
-                "4097-byte text: {out:?}"
-            );
-            raw.send(&ClientMessage::Say {
-                id: 0,
-                text: "bell\u{7}".into(),
-            })
+        expect_protocol_error(&mut raw, &mut self.watcher, &nick, "4 GiB length prefix").await;
+        self.done(raw);
+    }
+
+    /// Attack 3: a truncated frame, then EOF: the connection is gone, the nick freed.
+    async fn truncated_frame(&mut self, round: u64) {
+        let nick = format!("trunc{round}");
+        let mut raw = self.joined(&nick).await;
+        let frame = protocol::codec::encode_frame(&ClientMessage::Say {
+            id: 0,
+            text: "cut short".into(),
+        })
+        .unwrap();
+        raw.write_sealed(&frame[..frame.len() - 3]).await.unwrap();
+        raw.shutdown_write().await.unwrap();
+        raw.until_closed(WAIT).await.expect("truncated frame");
+        let reason = self.left(&nick).await;
+        assert!(
+            matches!(
+                reason,
+                LeaveReason::ConnectionLost | LeaveReason::ProtocolError
+            ),
+            "truncated frame: {nick} left: {reason:?}"
+        );
+        self.seen
+            .insert(format!("truncated frame: room told {reason:?}"));
+        self.done(raw);
+    }
+
+    /// Attack 4: over-long and forbidden nicks, then bad texts, then invalid UTF-8 inside
+    /// a Say, all on one connection.
+    async fn bad_nicks_and_texts(&mut self, round: u64) {
+        let nick = format!("bad{round}");
+        let mut raw = AsyncRaw::open(self.port, &format!("{nick}@localhost"), &self.name, COOKIE)
             .await
             .unwrap();
-            let out = outcome(&mut raw).await;
-            assert!(
-                matches!(out, Outcome::Reply(Reply::InvalidText { .. })),
-                "control character: {out:?}"
-            );
-            checked += 2;
-            raw.write_sealed(&say_with_invalid_utf8(100)).await.unwrap();
-            expect_protocol_error(&mut raw, &mut watcher, &nick, "invalid UTF-8 in a Say").await;
-            bytes += raw.bytes_sent;
-            connections += 1;
-
-            // 5. A text too long for a frame (over 64 KiB): closed before allocation.
-            let nick = format!("big{round}");
-            let mut raw = AsyncRaw::open_joined(port, &name, COOKIE, &nick)
-                .await
-                .unwrap();
-            let _ = raw.write_sealed(&oversized_say(70_000)).await;
-            let out = outcome(&mut raw).await;
+        for bad in [
+            "n".repeat(33),
+            "é".repeat(17),
+            "x".repeat(60_000),
+            "with space".into(),
+            "SeRvEr".into(),
+        ] {
+            let join = ClientMessage::Join {
+                nick: bad.clone(),
+                backlog: 0,
+            };
+            let out = answer(&mut raw, &join).await;
             assert!(
                 matches!(
                     out,
-                    Outcome::Closing(LeaveReason::ProtocolError) | Outcome::Closed
+                    Outcome::Reply(Reply::InvalidNick { .. } | Reply::NickNotAllowed)
                 ),
-                "70 KB frame: {out:?}"
+                "nick of {} bytes: {out:?}",
+                bad.len()
             );
-            seen.insert(format!("70 KB frame: {out:?}"));
-            expect_event(
-                &mut watcher,
-                "big left",
-                |k| matches!(k, EventKind::Left { nick: n, .. } if *n == nick),
-            )
-            .await;
-            bytes += raw.bytes_sent;
-            connections += 1;
-            checked += 5;
+            self.checked += 1;
         }
-        // No hostile text ever reached the watcher.
-        watcher.send(&ClientMessage::ListUsers).await.unwrap();
+        assert!(matches!(raw.join(&nick).await, Ok(Reply::Joined { .. })));
+        for (text, what) in [
+            ("t".repeat(4097), "4097-byte text"),
+            ("bell\u{7}".into(), "control character"),
+        ] {
+            let out = answer(&mut raw, &ClientMessage::Say { id: 0, text }).await;
+            assert!(
+                matches!(out, Outcome::Reply(Reply::InvalidText { .. })),
+                "{what}: {out:?}"
+            );
+            self.checked += 1;
+        }
+        raw.write_sealed(&say_with_invalid_utf8(100)).await.unwrap();
+        expect_protocol_error(&mut raw, &mut self.watcher, &nick, "invalid UTF-8 in a Say").await;
+        self.done(raw);
+    }
+
+    /// Attack 5: a text too long for a frame (over 64 KiB): closed before allocation.
+    async fn oversized_frame(&mut self, round: u64) {
+        let nick = format!("big{round}");
+        let mut raw = self.joined(&nick).await;
+        let _ = raw.write_sealed(&oversized_say(70_000)).await;
+        let out = outcome(&mut raw).await;
+        assert!(
+            matches!(
+                out,
+                Outcome::Closing(LeaveReason::ProtocolError) | Outcome::Closed
+            ),
+            "70 KB frame: {out:?}"
+        );
+        self.seen.insert(format!("70 KB frame: {out:?}"));
+        self.left(&nick).await;
+        self.done(raw);
+    }
+
+    /// No hostile text ever reached the watcher, who is alone in the room again.
+    async fn room_is_clean(&mut self) {
+        self.watcher.send(&ClientMessage::ListUsers).await.unwrap();
         loop {
-            match watcher.recv(WAIT).await.unwrap() {
+            match self.watcher.recv(WAIT).await.unwrap() {
                 Some(ServerMessage::Reply(Reply::Users { users, .. })) => {
                     assert_eq!(users, vec!["watcher".to_string()]);
                     break;
@@ -559,17 +545,57 @@ fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() 
                 None => panic!("watcher closed"),
             }
         }
-        (before.unwrap(), connections, bytes, checked, seen)
+    }
+}
+
+#[test]
+fn c_garbage_and_oversized_inputs_each_get_their_answer_and_memory_stays_flat() {
+    let ctx = Ctx::new();
+    let server = ctx.start_server(
+        "server@localhost",
+        &["--rate", "100000", "--burst", "100000"],
+    );
+    let port = server.port();
+    let name = server.name().to_string();
+    let pid = server.proc.pid();
+    let rounds: u64 = scaled(50, 500);
+    let rt = runtime();
+    let (before, attacks) = rt.block_on(async {
+        let mut attacks = Attacks {
+            port,
+            watcher: joined(port, &name, "watcher").await,
+            name,
+            connections: 0,
+            bytes: 0,
+            checked: 0,
+            seen: BTreeSet::new(),
+        };
+        // One warm-up round so that the allocator has its working set before measuring.
+        let mut before = None;
+        for round in 0..=rounds {
+            if round == 1 {
+                before = Some(memory(pid));
+            }
+            attacks.garbage_preamble().await;
+            attacks.huge_length_prefix(round).await;
+            attacks.truncated_frame(round).await;
+            attacks.bad_nicks_and_texts(round).await;
+            attacks.oversized_frame(round).await;
+            // One answer checked per attack.
+            attacks.checked += 5;
+        }
+        attacks.room_is_clean().await;
+        (before.unwrap(), attacks)
     });
     let after = memory(pid);
     report(
         "c) garbage",
         &[
             ("rounds", rounds.to_string()),
-            ("connections", connections.to_string()),
-            ("bytes sent", bytes.to_string()),
-            ("answers checked", checked.to_string()),
-            ("variable outcomes", format!("{seen:?}")),
+            ("connections", attacks.connections.to_string()),
+            ("bytes sent", attacks.bytes.to_string()),
+            ("answers checked", attacks.checked.to_string()),
+            ("variable outcomes", format!("{:?}", attacks.seen)),
             ("server RSS", rss_line(before, after)),
         ],
     );
@@ -592,17 +618,7 @@ const SLOW_CONSUMER_RSS_BOUND_KIB: u64 = 24 * 1024;
 #[test]
 fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed() {
     let ctx = Ctx::new();
-    let server = ctx.start_server(
-        "server@localhost",
-        &[
-            "--max-text",
-            "16384",
-            "--rate",
-            "100000",
-            "--burst",
-            "100000",
-        ],
-    );
+    let server = ctx.start_server("server@localhost", &BIG_TEXTS_NO_FLOOD_LIMIT);
     let port = server.port();
     let name = server.name().to_string();
     let pid = server.proc.pid();
@@ -611,33 +627,15 @@ fn d_a_slow_consumer_is_dropped_with_bounded_memory_and_nobody_else_is_delayed()
 
     // The sloths join with a small receive buffer and never read again.
     let mut sloths: Vec<RawClient> = (0..sloth_count)
-        .map(|i| {
-            let nick = format!("sloth{i}");
-            let mut s = RawClient::connect_small_buffer(&nick, port, 4096);
-            s.handshake(&format!("{nick}@localhost"), &name, COOKIE)
-                .expect("sloth handshake");
-            assert!(matches!(s.join(&nick), Reply::Joined { .. }));
-            s
-        })
+        .map(|i| RawClient::joined_sloth(&format!("sloth{i}"), port, &name, COOKIE))
         .collect();
 
     let rt = runtime();
     let (sent, bytes, bystander_checked, worst_latency, peak) = rt.block_on(async {
-        let mut talker = AsyncRaw::open_joined(port, &name, COOKIE, "talker")
-            .await
-            .unwrap();
-        let mut ann = AsyncRaw::open_joined(port, &name, COOKIE, "ann")
-            .await
-            .unwrap();
-        let mut bob = AsyncRaw::open_joined(port, &name, COOKIE, "bob")
-            .await
-            .unwrap();
-        expect_event(
-            &mut ann,
-            "bob joined",
-            |k| matches!(k, EventKind::Joined { nick } if nick == "bob"),
-        )
-        .await;
+        let mut talker = joined(port, &name, "talker").await;
+        let mut ann = joined(port, &name, "ann").await;
+        let mut bob = joined(port, &name, "bob").await;
+        expect_event(&mut ann, "bob joined", joined_as("bob")).await;
         let padding = "x".repeat(16_000);
         let mut sent = 0u64;
         let mut checked = 0u64;
@@ -1055,9 +1053,7 @@ fn e_churn_loses_nothing_and_the_registry_ends_exact() {
     // Every slot's last session is now a survivor waiting to be told; the END marker
     // goes out after all of them wait for it.
     let (sessions, users) = rt.block_on(async {
-        let mut ender = AsyncRaw::open_joined(port, &name, COOKIE, "ender")
-            .await
-            .unwrap();
+        let mut ender = joined(port, &name, "ender").await;
         // notify_waiters only wakes tasks already waiting; wake them until all finished.
         let mut sessions = Vec::new();
         let mut pending = tasks;
@@ -1227,11 +1223,7 @@ fn f_sigterm_with_many_clients_tells_each_and_exits_zero_within_5_s() {
     let clients = rt.block_on(async {
         let mut v = Vec::new();
         for i in 0..count {
-            v.push(
-                AsyncRaw::open_joined(port, &name, COOKIE, &format!("u{i}"))
-                    .await
-                    .unwrap(),
-            );
+            v.push(joined(port, &name, &format!("u{i}")).await);
         }
         v
     });
@@ -1240,22 +1232,7 @@ fn f_sigterm_with_many_clients_tells_each_and_exits_zero_within_5_s() {
         .into_iter()
         .enumerate()
         .map(|(i, mut raw)| {
-            rt.spawn(async move {
-                let mut told = None;
-                loop {
-                    match raw.recv(LONG).await {
-                        Ok(Some(ServerMessage::Closing { reason })) => {
-                            assert!(told.is_none(), "u{i}: two Closing messages");
-                            told = Some(reason);
-                        }
-                        Ok(Some(other)) => {
-                            assert!(told.is_none(), "u{i}: {other:?} after Closing");
-                        }
-                        Ok(None) => return told,
-                        Err(e) => panic!("u{i}: {e}"),
-                    }
-                }
-            })
+            rt.spawn(async move { read_to_the_close(&mut raw, &format!("u{i}"), LONG).await.0 })
         })
         .collect();
     let t0 = Instant::now();
@@ -1307,35 +1284,17 @@ fn f_sigterm_with_many_clients_tells_each_and_exits_zero_within_5_s() {
 #[test]
 fn g_sigterm_does_not_wait_on_a_reader_that_never_reads() {
     let ctx = Ctx::new();
-    let mut server: Server = ctx.start_server(
-        "server@localhost",
-        &[
-            "--max-text",
-            "16384",
-            "--rate",
-            "100000",
-            "--burst",
-            "100000",
-        ],
-    );
+    let mut server: Server = ctx.start_server("server@localhost", &BIG_TEXTS_NO_FLOOD_LIMIT);
     let port = server.port();
     let name = server.name().to_string();
-    let mut sloth = RawClient::connect_small_buffer("sloth", port, 4096);
-    sloth
-        .handshake("sloth@localhost", &name, COOKIE)
-        .expect("sloth handshake");
-    assert!(matches!(sloth.join("sloth"), Reply::Joined { .. }));
+    let mut sloth = RawClient::joined_sloth("sloth", port, &name, COOKIE);
     let rt = runtime();
     // 3 MB for the sloth: more than the sockets hold, less than its 4 MiB send queue,
     // so the server still has frames for it when told to stop.
     let messages = 190u64;
     let (talker, mut ann) = rt.block_on(async {
-        let mut talker = AsyncRaw::open_joined(port, &name, COOKIE, "talker")
-            .await
-            .unwrap();
-        let mut ann = AsyncRaw::open_joined(port, &name, COOKIE, "ann")
-            .await
-            .unwrap();
+        let mut talker = joined(port, &name, "talker").await;
+        let mut ann = joined(port, &name, "ann").await;
         let padding = "y".repeat(16_000);
         for i in 0..messages {
             talker

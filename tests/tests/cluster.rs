@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chat_tests::nodes::sorted;
+use chat_tests::chaos::runtime;
+use chat_tests::nodes::{sorted, strings};
 use chat_tests::redis::{RedisServer, redis_or_skip};
 use chat_tests::talker::{Seen, Talker};
 use chat_tests::{COOKIE, Ctx, Server, Signal, Stream, WAIT};
@@ -21,10 +22,6 @@ fn node(ctx: &Ctx, redis: &RedisServer, name: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--cluster", url.as_str(), "--tick", "0.5"];
     args.extend_from_slice(extra);
     ctx.server(name).args(&args).start()
-}
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]
@@ -78,20 +75,45 @@ fn says_private_messages_and_users_cross_nodes() {
     drop(copy);
 }
 
-/// A tokio runtime for tests that drive many raw members at once.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
-
 /// Joins `nick` on `server` as a talker.
 async fn talker(server: &Server, nick: &str) -> Talker {
-    match Talker::join(server.port(), server.name(), COOKIE, nick).await {
-        Ok((talker, _)) => talker,
-        Err(e) => panic!("{e}"),
+    joined_talker(server, nick).await.0
+}
+
+/// Joins `nick` on `server` as a talker; returns it with the join's answer, which holds
+/// the session to resume.
+async fn joined_talker(server: &Server, nick: &str) -> (Talker, Reply) {
+    Talker::join(server.port(), server.name(), COOKIE, nick)
+        .await
+        .unwrap_or_else(|e| panic!("{nick}: {e}"))
+}
+
+/// Resumes, on `server`, the session that `joined` answered, after the last event `was`
+/// received: a client failing over from a dead node. Returns the new talker and the
+/// answer.
+async fn fail_over(was: &Talker, joined: &Reply, server: &Server) -> (Talker, Reply) {
+    let (ticket, epoch, _) = session_of(joined);
+    let last = was.seen().events.last().map_or(0, |e| e.seq);
+    let label = &was.label;
+    Talker::resume(
+        label,
+        server.port(),
+        server.name(),
+        COOKIE,
+        ticket,
+        epoch,
+        last,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{label}: {e}"))
+}
+
+/// Waits until every node in `nodes` says it serves the cluster's room.
+#[track_caller]
+fn serving(nodes: [&mut Server; 2]) {
+    for n in nodes {
+        n.proc
+            .expect_stderr_line("serving the cluster's room", WAIT);
     }
 }
 
@@ -320,12 +342,8 @@ fn a_killed_node_s_members_leave_and_its_clients_resume_elsewhere() {
     runtime().block_on(async {
         let ann = talker(&a, "ann").await;
         let bob = talker(&b, "bob").await;
-        let (cid, cid_joined) = Talker::join(c.port(), c.name(), COOKIE, "cid")
-            .await
-            .unwrap();
-        let (dan, dan_joined) = Talker::join(c.port(), c.name(), COOKIE, "dan")
-            .await
-            .unwrap();
+        let (cid, cid_joined) = joined_talker(&c, "cid").await;
+        let (dan, dan_joined) = joined_talker(&c, "dan").await;
         ann.say(1, "before");
         for t in [&bob, &cid, &dan] {
             t.wait("ann's first message", heard("before"))
@@ -350,11 +368,7 @@ fn a_killed_node_s_members_leave_and_its_clients_resume_elsewhere() {
             .unwrap();
 
         // cid fails over to a at once and takes its session over: nobody saw it go.
-        let (ticket, epoch, _) = session_of(&cid_joined);
-        let last = cid.seen().events.last().map_or(0, |e| e.seq);
-        let (cid2, answer) = Talker::resume("cid", a.port(), a.name(), COOKIE, ticket, epoch, last)
-            .await
-            .unwrap();
+        let (cid2, answer) = fail_over(&cid, &cid_joined, &a).await;
         assert!(
             matches!(
                 answer,
@@ -384,11 +398,7 @@ fn a_killed_node_s_members_leave_and_its_clients_resume_elsewhere() {
         );
 
         // dan comes back later, on b: it rejoins and gets what it missed.
-        let (ticket, epoch, _) = session_of(&dan_joined);
-        let last = dan.seen().events.last().map_or(0, |e| e.seq);
-        let (dan2, answer) = Talker::resume("dan", b.port(), b.name(), COOKIE, ticket, epoch, last)
-            .await
-            .unwrap();
+        let (dan2, answer) = fail_over(&dan, &dan_joined, &b).await;
         assert!(
             matches!(
                 answer,
@@ -592,14 +602,9 @@ fn a_redis_that_lost_the_room_makes_every_node_start_again() {
     let ctx = Ctx::new();
     let mut a = node(&ctx, &redis, "a@localhost", &[]);
     let mut b = node(&ctx, &redis, "b@localhost", &[]);
-    for n in [&mut a, &mut b] {
-        n.proc
-            .expect_stderr_line("serving the cluster's room", WAIT);
-    }
+    serving([&mut a, &mut b]);
     runtime().block_on(async {
-        let (ann, joined) = Talker::join(a.port(), a.name(), COOKIE, "ann")
-            .await
-            .unwrap();
+        let (ann, joined) = joined_talker(&a, "ann").await;
         let bob = talker(&b, "bob").await;
         ann.say(1, "before");
         bob.wait("ann's message", heard("before")).await.unwrap();
@@ -611,12 +616,7 @@ fn a_redis_that_lost_the_room_makes_every_node_start_again() {
                 .await
                 .unwrap();
         }
-        tokio::task::block_in_place(|| {
-            for n in [&mut a, &mut b] {
-                n.proc
-                    .expect_stderr_line("serving the cluster's room", WAIT);
-            }
-        });
+        tokio::task::block_in_place(|| serving([&mut a, &mut b]));
         let (ticket, epoch, _) = session_of(&joined);
         let (_, answer) = Talker::resume("ann", a.port(), a.name(), COOKIE, ticket, epoch, 1)
             .await

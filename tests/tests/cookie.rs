@@ -4,13 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 
 use chat_tests::net::{RecordingProxy, contains_bytes};
+use chat_tests::nodes::strings;
 use chat_tests::{COOKIE, Ctx, Incoming, LONG, RawClient, WAIT};
 use protocol::HandshakeMessage;
 use protocol::secure::RefuseReason;
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 #[test]
 fn a_wrong_cookie_is_refused_logged_and_unseen_by_the_room() {

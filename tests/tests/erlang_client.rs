@@ -4,27 +4,36 @@
 //! chat-client against chat-server. Skipped without Elixir unless `CHAT_REQUIRE_ELIXIR`
 //! is set.
 
-use chat_tests::beam::{BEAM_COOKIE, elixir_or_skip};
+use chat_tests::beam::{BEAM_COOKIE, ElixirServer, elixir_or_skip};
 use chat_tests::net::epmd_names;
+use chat_tests::nodes::{ClientBuilder, strings};
 use chat_tests::{Ctx, LONG, Signal, WAIT};
 
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+/// Without Elixir, `None` (the test is skipped, unless `CHAT_REQUIRE_ELIXIR` makes that
+/// a failure); otherwise a test context with the Elixir server running as `server`.
+fn elixir_room() -> Option<(Ctx, ElixirServer)> {
+    if !elixir_or_skip() {
+        return None;
+    }
+    let ctx = Ctx::new();
+    let server = ctx.elixir_server("server", BEAM_COOKIE);
+    Some((ctx, server))
+}
+
+/// A chat-client for the Elixir server as `nick`, with the BEAM cookie.
+fn elixir_client<'c>(ctx: &'c Ctx, server: &ElixirServer, nick: &str) -> ClientBuilder<'c> {
+    ctx.client(nick)
+        .server_arg(server.name(), server.name())
+        .cookie(BEAM_COOKIE)
 }
 
 /// Acceptance 3: every command against the Elixir server, as against chat-server.
 #[test]
 fn chat_client_speaks_to_an_elixir_exmessenger_server() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = elixir_room() else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.elixir_server("server", BEAM_COOKIE);
-    let mut ann = ctx
-        .client("ann")
-        .server_arg(server.name(), server.name())
-        .cookie(BEAM_COOKIE)
-        .spawn();
+    };
+    let mut ann = elixir_client(&ctx, &server, "ann").spawn();
     assert_eq!(ann.expect_banner(), strings(&["ann"]));
     let mut carl = ctx.beam_client(server.name(), "carl").join();
     ann.expect_joined("carl");
@@ -52,18 +61,10 @@ fn chat_client_speaks_to_an_elixir_exmessenger_server() {
     assert_eq!(ann.expect_banner(), strings(&["ann", "carl"]));
     carl.expect("* ann has joined *");
     // Refused joins: the original's reasons, exit 1 at start-up.
-    let mut twin = ctx
-        .client("carl")
-        .server_arg(server.name(), server.name())
-        .cookie(BEAM_COOKIE)
-        .spawn();
+    let mut twin = elixir_client(&ctx, &server, "carl").spawn();
     twin.expect("Could not join chatroom: nick carl is in use; pick another with --nick");
     twin.proc.expect_failure(LONG);
-    let mut reserved = ctx
-        .client("server")
-        .server_arg(server.name(), server.name())
-        .cookie(BEAM_COOKIE)
-        .spawn();
+    let mut reserved = elixir_client(&ctx, &server, "server").spawn();
     reserved.expect(
         "Could not join chatroom: nick server is reserved for the server; pick another with --nick",
     );
@@ -80,14 +81,10 @@ fn chat_client_speaks_to_an_elixir_exmessenger_server() {
 /// A wrong cookie: the Erlang node closes the handshake; ours says why and exits 1.
 #[test]
 fn a_wrong_cookie_against_an_erlang_node_is_not_allowed() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = elixir_room() else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.elixir_server("server", BEAM_COOKIE);
-    let mut client = ctx
-        .client("ann")
-        .server_arg(server.name(), server.name())
+    };
+    let mut client = elixir_client(&ctx, &server, "ann")
         .cookie("not-the-cookie")
         .spawn();
     client.proc.expect_stderr_line(
@@ -101,11 +98,9 @@ fn a_wrong_cookie_against_an_erlang_node_is_not_allowed() {
 /// distribution.
 #[test]
 fn an_explicit_port_with_erlang_skips_the_port_mapper() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = elixir_room() else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.elixir_server("server", BEAM_COOKIE);
+    };
     let names = epmd_names(ctx.epmd_port()).expect("the port mapper answers");
     let port = names
         .iter()
@@ -125,17 +120,10 @@ fn an_explicit_port_with_erlang_skips_the_port_mapper() {
 /// Reconnect: the Elixir server restarts; chat-client says so, comes back and rejoins.
 #[test]
 fn chat_client_reconnects_after_the_elixir_server_restarts() {
-    if !elixir_or_skip() {
+    let Some((ctx, mut server)) = elixir_room() else {
         return;
-    }
-    let ctx = Ctx::new();
-    let mut server = ctx.elixir_server("server", BEAM_COOKIE);
-    let mut ann = ctx
-        .client("ann")
-        .server_arg(server.name(), server.name())
-        .cookie(BEAM_COOKIE)
-        .reconnect()
-        .spawn();
+    };
+    let mut ann = elixir_client(&ctx, &server, "ann").reconnect().spawn();
     ann.expect_banner();
     server.proc.signal(Signal::Kill);
     ann.expect(
@@ -156,20 +144,13 @@ fn chat_client_reconnects_after_the_elixir_server_restarts() {
 /// the half-typed one, which survives them.
 #[test]
 fn the_line_editor_works_against_an_elixir_server() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = elixir_room() else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.elixir_server("server", BEAM_COOKIE);
-    let mut ann = ctx
-        .client("ann")
-        .server_arg(server.name(), server.name())
-        .cookie(BEAM_COOKIE)
-        .join_pty();
+    };
+    let mut ann = elixir_client(&ctx, &server, "ann").join_pty();
     let mut carl = ctx.beam_client(server.name(), "carl").join();
     ann.expect_from_server("* carl has joined *");
-    ann.keys("hello wor");
-    ann.expect_input("hello wor");
+    ann.press("hello wor", "hello wor");
     carl.send("one");
     ann.expect_from_server("carl: one");
     ann.expect_input("hello wor");

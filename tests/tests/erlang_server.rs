@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use chat_tests::beam::{BEAM_COOKIE, RawBeam, elixir_or_skip};
 use chat_tests::chaos::scaled;
-use chat_tests::{Client, Ctx, LONG, RawClient, Signal, Stream, WAIT};
+use chat_tests::nodes::strings;
+use chat_tests::{
+    BIG_TEXTS_NO_FLOOD_LIMIT, Client, Ctx, LONG, RawClient, Server, Signal, Stream, WAIT,
+};
 use protocol::erlang::exmessenger::{self, Request};
 use protocol::erlang::term::Term;
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// Waits for `nick`'s join on any client: natives print `S> * nick has joined *`, the
 /// original client `S> nick: * nick has joined *`.
@@ -29,15 +28,58 @@ fn left(client: &mut Client, nick: &str) -> String {
     client.expect(&format!("* {nick} has left *"))
 }
 
+/// Without Elixir, `None` (the test is skipped, unless `CHAT_REQUIRE_ELIXIR` makes that
+/// a failure); otherwise a test context and chat-server with the BEAM cookie and `args`.
+fn beam_server(args: &[&str]) -> Option<(Ctx, Server)> {
+    if !elixir_or_skip() {
+        return None;
+    }
+    let ctx = Ctx::new();
+    let server = ctx
+        .server("server@localhost")
+        .cookie(BEAM_COOKIE)
+        .args(args)
+        .start();
+    Some((ctx, server))
+}
+
+/// A native chat-client joined to `server` as `nick`, with the BEAM cookie.
+fn native(ctx: &Ctx, server: &Server, nick: &str) -> Client {
+    ctx.client(nick).to(server).cookie(BEAM_COOKIE).join()
+}
+
+/// A raw distribution peer named `<alive>@localhost`, through the handshake with
+/// `server`.
+fn raw_peer(server: &Server, alive: &str) -> RawBeam {
+    RawBeam::connect(
+        server.port(),
+        &format!("{alive}@localhost"),
+        server.name(),
+        BEAM_COOKIE,
+    )
+    .expect("handshake")
+}
+
+/// Joins `nick` through `raw` with the original's `connect` call; fails unless the
+/// answer is `{ok, ...}`.
+fn raw_join(raw: &mut RawBeam, nick: &str) {
+    let answer = raw
+        .call(Request::Connect(nick.into()).to_term())
+        .expect("join answer");
+    assert_eq!(
+        answer.as_tuple().map(|t| t[0].clone()),
+        Some(Term::atom("ok")),
+        "{nick}: {answer:?}"
+    );
+}
+
 /// The room of acceptance 2: two native clients and two BEAM nodes.
 #[test]
 fn native_and_beam_clients_share_one_room() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = beam_server(&[]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.server("server@localhost").cookie(BEAM_COOKIE).start();
-    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
+    };
+    let mut ann = native(&ctx, &server, "ann");
     let mut carl = ctx.beam_client(server.name(), "carl").join();
     joined(&mut ann, "carl");
     let mut bob = ctx.client("bob").to(&server).cookie(BEAM_COOKIE).spawn();
@@ -109,12 +151,10 @@ fn native_and_beam_clients_share_one_room() {
 /// A BEAM node killed with SIGKILL leaves at once, and its nick is free again.
 #[test]
 fn a_killed_beam_node_leaves_at_once_and_frees_its_nick() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = beam_server(&[]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.server("server@localhost").cookie(BEAM_COOKIE).start();
-    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
+    };
+    let mut ann = native(&ctx, &server, "ann");
     let mut carl = ctx.beam_client(server.name(), "carl").join();
     joined(&mut ann, "carl");
     carl.proc.signal(Signal::Kill);
@@ -129,11 +169,9 @@ fn a_killed_beam_node_leaves_at_once_and_frees_its_nick() {
 /// A wrong cookie on either side is refused.
 #[test]
 fn a_wrong_cookie_is_refused_both_ways() {
-    if !elixir_or_skip() {
+    let Some((ctx, mut server)) = beam_server(&[]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let mut server = ctx.server("server@localhost").cookie(BEAM_COOKIE).start();
+    };
     // The BEAM side: Node.connect answers false.
     let mut intruder = ctx
         .beam_client(server.name(), "eve")
@@ -160,11 +198,9 @@ fn a_wrong_cookie_is_refused_both_ways() {
 /// Erlang's own `epmd -names` lists chat-server.
 #[test]
 fn node_ping_and_epmd_names_see_chat_server() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = beam_server(&[]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.server("server@localhost").cookie(BEAM_COOKIE).start();
+    };
     let ping = |cookie: &str, alive: &str| {
         let out = ctx
             .command("elixir")
@@ -191,21 +227,15 @@ fn node_ping_and_epmd_names_see_chat_server() {
 /// `--no-erlang` refuses distribution: the BEAM cannot connect, natives still can.
 #[test]
 fn no_erlang_refuses_beam_nodes() {
-    if !elixir_or_skip() {
+    let Some((ctx, mut server)) = beam_server(&["--no-erlang"]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let mut server = ctx
-        .server("server@localhost")
-        .cookie(BEAM_COOKIE)
-        .args(&["--no-erlang"])
-        .start();
+    };
     let mut carl = ctx.beam_client(server.name(), "carl").spawn();
     carl.expect("Could not connect to server, reason: false");
     server
         .proc
         .expect_stderr_line("Erlang distribution refused (--no-erlang)", WAIT);
-    ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
+    native(&ctx, &server, "ann");
 }
 
 /// What a BEAM node may not do: unknown terms, requests for another node's nick,
@@ -213,16 +243,10 @@ fn no_erlang_refuses_beam_nodes() {
 /// the rest of the room carries on.
 #[test]
 fn misbehaving_beam_nodes_affect_nobody_else() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = beam_server(&["--rate", "50"]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx
-        .server("server@localhost")
-        .cookie(BEAM_COOKIE)
-        .args(&["--rate", "50"])
-        .start();
-    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
+    };
+    let mut ann = native(&ctx, &server, "ann");
     let mut carl = ctx.beam_client(server.name(), "carl").join();
     let mut eve = ctx.beam_client(server.name(), "eve").join();
     joined(&mut ann, "carl");
@@ -257,15 +281,8 @@ fn misbehaving_beam_nodes_affect_nobody_else() {
     ann.expect_say("carl", "still here");
 
     // A raw peer: an oversized frame is refused from its length; the peer is dropped.
-    let mut raw = RawBeam::connect(server.port(), "raw1@localhost", server.name(), BEAM_COOKIE)
-        .expect("handshake");
-    let answer = raw
-        .call(Request::Connect("rawone".into()).to_term())
-        .expect("join answer");
-    assert_eq!(
-        answer.as_tuple().map(|t| t[0].clone()),
-        Some(Term::atom("ok"))
-    );
+    let mut raw = raw_peer(&server, "raw1");
+    raw_join(&mut raw, "rawone");
     joined(&mut ann, "rawone");
     raw.write_raw(&[0, 1, 0, 1]).unwrap();
     assert!(
@@ -280,14 +297,12 @@ fn misbehaving_beam_nodes_affect_nobody_else() {
         &[0, 0, 0, 6, 112, 131, 104, 1, 97, 200],
         &[0, 0, 0, 3, 68, 1, 2],
     ] {
-        let mut raw = RawBeam::connect(server.port(), "raw2@localhost", server.name(), BEAM_COOKIE)
-            .expect("handshake");
+        let mut raw = raw_peer(&server, "raw2");
         raw.write_raw(junk).unwrap();
         assert!(raw.closed_within(LONG), "{junk:?} must close the link");
     }
     // A deeply nested term is refused without harm.
-    let mut raw = RawBeam::connect(server.port(), "raw3@localhost", server.name(), BEAM_COOKIE)
-        .expect("handshake");
+    let mut raw = raw_peer(&server, "raw3");
     let mut nested = vec![112, 131, 104, 4, 97, 6];
     nested.extend_from_slice(&[88, 119, 1, b'a', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
     nested.extend_from_slice(&[119, 0, 119, 14]);
@@ -320,20 +335,13 @@ fn misbehaving_beam_nodes_affect_nobody_else() {
 /// One BEAM node may hold several nicks; when its connection drops, all leave at once.
 #[test]
 fn every_nick_of_a_dropped_node_leaves_at_once() {
-    if !elixir_or_skip() {
+    let Some((ctx, server)) = beam_server(&[]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx.server("server@localhost").cookie(BEAM_COOKIE).start();
-    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
-    let mut raw = RawBeam::connect(server.port(), "multi@localhost", server.name(), BEAM_COOKIE)
-        .expect("handshake");
+    };
+    let mut ann = native(&ctx, &server, "ann");
+    let mut raw = raw_peer(&server, "multi");
     for nick in ["one", "two", "three"] {
-        let answer = raw.call(Request::Connect(nick.into()).to_term()).unwrap();
-        assert_eq!(
-            answer.as_tuple().map(|t| t[0].clone()),
-            Some(Term::atom("ok"))
-        );
+        raw_join(&mut raw, nick);
         ann.expect_joined(nick);
     }
     // A message for one of its nicks reaches the node's message_handler.
@@ -369,18 +377,12 @@ fn every_nick_of_a_dropped_node_leaves_at_once() {
 /// net_ticktime), the "at least 3 minutes" of acceptance 2.
 #[test]
 fn idle_beam_nodes_stay_and_silent_peers_are_dropped() {
-    if !elixir_or_skip() {
-        return;
-    }
-    let ctx = Ctx::new();
     let long = chat_tests::chaos::long_form();
     let server_args: &[&str] = if long { &[] } else { &["--tick", "1"] };
-    let server = ctx
-        .server("server@localhost")
-        .cookie(BEAM_COOKIE)
-        .args(server_args)
-        .start();
-    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
+    let Some((ctx, server)) = beam_server(server_args) else {
+        return;
+    };
+    let mut ann = native(&ctx, &server, "ann");
     let erl_args = if long { "" } else { "-kernel net_ticktime 4" };
     let mut carl = ctx
         .beam_client(server.name(), "carl")
@@ -388,9 +390,8 @@ fn idle_beam_nodes_stay_and_silent_peers_are_dropped() {
         .join();
     joined(&mut ann, "carl");
     // A raw peer that never ticks.
-    let mut raw = RawBeam::connect(server.port(), "mute@localhost", server.name(), BEAM_COOKIE)
-        .expect("handshake");
-    raw.call(Request::Connect("mute".into()).to_term()).unwrap();
+    let mut raw = raw_peer(&server, "mute");
+    raw_join(&mut raw, "mute");
     joined(&mut ann, "mute");
     let silence_limit = Duration::from_secs(if long { 60 } else { 4 });
     let left = ann
@@ -410,30 +411,14 @@ fn idle_beam_nodes_stay_and_silent_peers_are_dropped() {
 /// alone is dropped (`send queue exceeded`), and the others keep receiving everything.
 #[test]
 fn a_beam_node_that_stops_reading_is_dropped_as_a_slow_consumer() {
-    if !elixir_or_skip() {
+    let args = [&BIG_TEXTS_NO_FLOOD_LIMIT[..], &["--send-queue", "16"]].concat();
+    let Some((ctx, server)) = beam_server(&args) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let server = ctx
-        .server("server@localhost")
-        .cookie(BEAM_COOKIE)
-        .args(&[
-            "--max-text",
-            "16384",
-            "--rate",
-            "100000",
-            "--burst",
-            "100000",
-        ])
-        .args(&["--send-queue", "16"])
-        .start();
-    let mut ann = ctx.client("ann").to(&server).cookie(BEAM_COOKIE).join();
-    let mut sloth = RawBeam::connect(server.port(), "sloth@localhost", server.name(), BEAM_COOKIE)
-        .expect("handshake");
+    };
+    let mut ann = native(&ctx, &server, "ann");
+    let mut sloth = raw_peer(&server, "sloth");
     sloth.shrink_receive_buffer(4096).unwrap();
-    sloth
-        .call(Request::Connect("sloth".into()).to_term())
-        .unwrap();
+    raw_join(&mut sloth, "sloth");
     joined(&mut ann, "sloth");
     let (mut talker, _) =
         RawClient::open_joined(server.port(), server.name(), BEAM_COOKIE, "talker");

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use chat_tests::{COOKIE, Client, Ctx, Incoming, LONG, RawClient, Server, Stream, WAIT};
+use chat_tests::{
+    BIG_TEXTS_NO_FLOOD_LIMIT, COOKIE, Client, Ctx, Incoming, LONG, RawClient, Server, Stream, WAIT,
+};
 use protocol::{ClientMessage, HandshakeMessage, NodeName, PROTOCOL_VERSION, Reply, ServerMessage};
 
 /// A server started with `args`, and ann and bob in its room.
@@ -39,23 +41,12 @@ fn the_send_queue_byte_budget_drops_a_slow_consumer_too() {
 /// A sloth that never reads is dropped once the send-queue limits in `limits` are hit,
 /// while ann and bob receive every message in order.
 fn slow_consumer_is_dropped(limits: &[&str]) {
-    let mut args = vec![
-        "--max-text",
-        "16384",
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-    ];
+    let mut args = BIG_TEXTS_NO_FLOOD_LIMIT.to_vec();
     args.extend_from_slice(limits);
     let (_ctx, server, mut ann, mut bob) = room(&args);
     // The sloth joins and then never reads; its receive buffer is small so that its
     // socket fills up quickly.
-    let mut sloth = RawClient::connect_small_buffer("sloth", server.port(), 4096);
-    sloth
-        .handshake("sloth@localhost", server.name(), COOKIE)
-        .expect("sloth handshake");
-    assert!(matches!(sloth.join("sloth"), Reply::Joined { .. }));
+    let mut sloth = RawClient::joined_sloth("sloth", server.port(), server.name(), COOKIE);
     let (mut talker, _) = RawClient::open_joined(server.port(), server.name(), COOKIE, "talker");
     bob.expect_joined("sloth");
     bob.expect_joined("talker");
@@ -310,12 +301,9 @@ fn a_pasted_flood_from_the_real_client_is_paced_not_dropped() {
     ann.expect_left("paster");
     paster.proc.expect_success(LONG);
 
-    let got: Vec<String> = ann
+    let got = ann
         .proc
-        .lines(Stream::Stdout)
-        .into_iter()
-        .filter(|l| l.contains("> paster: paste "))
-        .collect();
+        .lines_containing(Stream::Stdout, "> paster: paste ");
     let expected: Vec<String> = (0..30)
         .map(|i| format!("server@localhost> paster: paste {i:03}"))
         .collect();

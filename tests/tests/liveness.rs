@@ -3,12 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use chat_tests::nodes::strings;
 use chat_tests::{COOKIE, Ctx, LONG, RawClient, Signal, WAIT};
 use protocol::EventKind;
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 #[test]
 fn a_client_killed_with_sigkill_leaves_promptly_and_frees_its_nick() {

@@ -1,17 +1,13 @@
 //! Nick rules: the reserved `server`, nicks in use, invalid nicks, and nicks freed by
 //! leaving, quitting or a dropped connection.
 
-use chat_tests::nodes::sorted;
+use chat_tests::nodes::{sorted, strings};
 use chat_tests::{COOKIE, Client, Ctx, LONG, RawClient, Server, Signal};
 use protocol::Reply;
 
 /// Joins cost five messages against the flood limit; the tests that try many nicks in a
 /// row get a limit that lets them.
 const FLOOD_ROOM: &[&str] = &["--rate", "100", "--burst", "100"];
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// Starts a client that must be refused at start-up with `reason` (the words after
 /// `Could not join chatroom: `, or their start); checks the message and the exit

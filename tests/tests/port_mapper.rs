@@ -6,11 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use chat_tests::net::{DetachedMapperGuard, epmd_names, free_port, poll_until, wait_for_listener};
+use chat_tests::nodes::strings;
 use chat_tests::{Ctx, LONG, Proc, Server, Signal, Stream, WAIT};
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// The names registered with the mapper on `port` (panics if it does not answer).
 #[track_caller]
@@ -123,12 +120,7 @@ fn without_a_mapper_the_server_starts_one_detached() {
     assert_eq!(ann.users(), strings(&["ann"]));
     // Said once in the log, with how to stop it (every line before `joined` is read).
     server.proc.expect_stderr_line("joined nick=ann", WAIT);
-    let said: Vec<String> = server
-        .proc
-        .lines(Stream::Stderr)
-        .into_iter()
-        .filter(|line| line.contains("port mapper"))
-        .collect();
+    let said = server.proc.lines_containing(Stream::Stderr, "port mapper");
     assert!(
         said.len() == 1
             && said[0].contains("started a port mapper in the background")

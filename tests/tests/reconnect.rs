@@ -273,8 +273,7 @@ fn lines_typed_while_away_are_queued_sent_once_back_and_the_half_typed_line_surv
     ann.submit("/users");
     ann.expect_exact_row(&format!("Not connected to {NAME} (reconnecting); not sent"));
     ann.expect_input("");
-    ann.keys("typed while aw");
-    ann.expect_input("typed while aw");
+    ann.press("typed while aw", "typed while aw");
 
     let _server = restart(&ctx, &server);
     ann.expect_exact_row_within(&format!("* Reconnected to {NAME} *"), LONG);

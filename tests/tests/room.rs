@@ -1,12 +1,8 @@
 //! The room, as three users see it: banners, says, private messages, `/users`,
 //! `/leave` and `/join`, `/quit`, piped input, and the client's own commands.
 
-use chat_tests::nodes::sorted;
+use chat_tests::nodes::{sorted, strings};
 use chat_tests::{Client, Ctx, LONG, Server, Stream, WAIT};
-
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// A server and ann, bob and carol joined, in that order, each having seen the later
 /// ones join.

@@ -23,7 +23,9 @@
 
 use std::time::{Duration, Instant};
 
-use chat_tests::chaos::{AsyncRaw, Memory, memory, raise_open_files_limit, scaled};
+use chat_tests::chaos::{
+    self, AsyncRaw, Memory, memory, mib, raise_open_files_limit, runtime, scaled,
+};
 use chat_tests::crowd::Member;
 use chat_tests::{COOKIE, Ctx, LONG, Server, Signal, WAIT};
 use protocol::secure::RefuseReason;
@@ -68,25 +70,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
+/// This suite's report line: see [`chaos::report`].
 fn report(scenario: &str, numbers: &[(&str, String)]) {
-    let body: Vec<String> = numbers.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    eprintln!(
-        "scale {scenario} [{}]: {}",
-        scaled("short", "long"),
-        body.join(", ")
-    );
+    chaos::report("scale", scenario, numbers);
 }
 
 /// Joins members `range` (nicks `<prefix><index>`), `in_flight` at a time.

@@ -7,14 +7,23 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chat_tests::nodes::ClientBuilder;
 use chat_tests::pty::{Snapshot, sgr_sequences};
 use chat_tests::{Client, Ctx, LONG, PtyClient, Server, Stream, keys};
 
 /// A server, ann in a terminal, and bob (piped) who joined after her.
 fn ann_and_bob() -> (Ctx, Server, PtyClient, Client) {
+    ann_and_bob_with(|ann| ann)
+}
+
+/// As [`ann_and_bob`], with ann's client built further by `build` (flags, environment,
+/// a shell around it).
+fn ann_and_bob_with(
+    build: impl for<'c> FnOnce(ClientBuilder<'c>) -> ClientBuilder<'c>,
+) -> (Ctx, Server, PtyClient, Client) {
     let ctx = Ctx::new();
     let server = ctx.start_server("server@localhost", &[]);
-    let mut ann = ctx.join_pty(&server, "ann");
+    let mut ann = build(ctx.client("ann").to(&server)).join_pty();
     let bob = ctx.join(&server, "bob");
     ann.expect_from_server("* bob has joined *");
     (ctx, server, ann, bob)
@@ -30,8 +39,7 @@ fn incoming_lines_are_printed_above_the_half_typed_line() {
     let (_ctx, server, mut ann, mut bob) = ann_and_bob();
     let s = server.name().to_string();
 
-    ann.keys("hello wor");
-    ann.expect_input("hello wor");
+    ann.press("hello wor", "hello wor");
 
     bob.send("one");
     bob.send("two");
@@ -61,18 +69,15 @@ fn incoming_lines_are_printed_above_the_half_typed_line() {
 
     ann.keys("ld, said ann");
     ann.keys(keys::ENTER);
-    let line = bob.expect_say("ann", "hello");
-    assert_eq!(line, format!("{s}> ann: hello world, said ann"));
+    bob.expect_exact_say("ann", "hello", "hello world, said ann");
     ann.expect_input("");
 }
 
 #[test]
 fn the_cursor_position_survives_incoming_lines() {
-    let (_ctx, server, mut ann, mut bob) = ann_and_bob();
-    let s = server.name().to_string();
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
 
-    ann.keys("hello world");
-    ann.expect_input("hello world");
+    ann.press("hello world", "hello world");
     // Five to the left: the cursor sits before "world".
     for _ in 0..5 {
         ann.keys(keys::LEFT);
@@ -86,11 +91,9 @@ fn the_cursor_position_survives_incoming_lines() {
     ann.expect_input_at("hello world", 6);
 
     // Typing goes where the cursor was.
-    ann.keys("big ");
-    ann.expect_input_at("hello big world", 10);
+    ann.press_at("big ", "hello big world", 10);
     ann.keys(keys::ENTER);
-    let line = bob.expect_say("ann", "hello");
-    assert_eq!(line, format!("{s}> ann: hello big world"));
+    bob.expect_exact_say("ann", "hello", "hello big world");
 }
 
 #[test]
@@ -102,8 +105,7 @@ fn long_lines_wrap_and_the_typed_line_survives_them() {
     let typed: String = (0..26).map(|i| format!("w{i:02} ")).collect();
     let incoming: String = (0..30).map(|i| format!("long{i:02} ")).collect();
     let incoming = incoming.trim_end().to_string();
-    ann.keys(&typed);
-    ann.expect_input(&typed);
+    ann.press(&typed, &typed);
 
     bob.send(&incoming);
     ann.expect_exact_row(&format!("{s}> bob: {incoming}"));
@@ -120,43 +122,31 @@ fn long_lines_wrap_and_the_typed_line_survives_them() {
 
     ann.keys("end");
     ann.keys(keys::ENTER);
-    let line = bob.expect_say("ann", "w00");
-    assert_eq!(line, format!("{s}> ann: {typed}end"));
+    bob.expect_exact_say("ann", "w00", &format!("{typed}end"));
 }
 
 #[test]
 fn emacs_keys_edit_the_line() {
-    let (_ctx, server, mut ann, mut bob) = ann_and_bob();
-    let s = server.name().to_string();
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
 
     // Ctrl-A, type at the start, Ctrl-E, type at the end.
-    ann.keys("middle");
-    ann.expect_input("middle");
-    ann.keys(keys::CTRL_A);
-    ann.expect_input_at("middle", 0);
-    ann.keys("start ");
-    ann.expect_input_at("start middle", 6);
+    ann.press("middle", "middle");
+    ann.press_at(keys::CTRL_A, "middle", 0);
+    ann.press_at("start ", "start middle", 6);
     ann.keys(keys::CTRL_E);
-    ann.keys(" end");
-    ann.expect_input("start middle end");
+    ann.press(" end", "start middle end");
     // Ctrl-W deletes the last word.
-    ann.keys(keys::CTRL_W);
-    ann.expect_input("start middle ");
+    ann.press(keys::CTRL_W, "start middle ");
     ann.keys("finish");
     ann.keys(keys::ENTER);
-    assert_eq!(
-        bob.expect_say("ann", "start"),
-        format!("{s}> ann: start middle finish")
-    );
+    bob.expect_exact_say("ann", "start", "start middle finish");
 
     // Ctrl-U throws the whole line away.
     ann.expect_input("");
-    ann.keys("throw this away");
-    ann.expect_input("throw this away");
-    ann.keys(keys::CTRL_U);
-    ann.expect_input("");
+    ann.press("throw this away", "throw this away");
+    ann.press(keys::CTRL_U, "");
     ann.type_line("kept");
-    assert_eq!(bob.expect_say("ann", "kept"), format!("{s}> ann: kept"));
+    bob.expect_exact_say("ann", "kept", "kept");
     bob.expect_not_received("throw this away");
 }
 
@@ -172,18 +162,14 @@ fn ctrl_d_on_an_empty_line_leaves_and_exits_zero() {
 
 #[test]
 fn ctrl_c_clears_the_line_and_the_client_goes_on() {
-    let (_ctx, server, mut ann, mut bob) = ann_and_bob();
-    let s = server.name().to_string();
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
 
-    ann.keys("secret draft");
-    ann.expect_input("secret draft");
-    ann.keys(keys::CTRL_C);
-    ann.expect_input("");
+    ann.press("secret draft", "secret draft");
+    ann.press(keys::CTRL_C, "");
     ann.pty.expect_running();
 
     ann.type_line("after the interrupt");
-    let line = bob.expect_say("ann", "after the interrupt");
-    assert_eq!(line, format!("{s}> ann: after the interrupt"));
+    bob.expect_exact_say("ann", "after the interrupt", "after the interrupt");
     // Nothing of the cleared text was sent, before or with that line.
     bob.expect_not_received("secret");
 
@@ -199,41 +185,25 @@ fn up_arrow_recalls_earlier_lines() {
     let s = server.name().to_string();
 
     ann.type_line("first line");
-    assert_eq!(
-        bob.expect_say("ann", "first line"),
-        format!("{s}> ann: first line")
-    );
+    bob.expect_exact_say("ann", "first line", "first line");
     ann.expect_input("");
 
     // Up: the line just sent, ready to send again.
-    ann.keys(keys::UP);
-    ann.expect_input("first line");
+    ann.press(keys::UP, "first line");
     ann.keys(keys::ENTER);
-    assert_eq!(
-        bob.expect_say("ann", "first line"),
-        format!("{s}> ann: first line")
-    );
+    bob.expect_exact_say("ann", "first line", "first line");
     ann.expect_input("");
 
     ann.type_line("second line");
-    assert_eq!(
-        bob.expect_say("ann", "second line"),
-        format!("{s}> ann: second line")
-    );
+    bob.expect_exact_say("ann", "second line", "second line");
     ann.expect_input("");
 
     // Up twice: the one before; Down: the newer one again, which Enter sends.
-    ann.keys(keys::UP);
-    ann.expect_input("second line");
-    ann.keys(keys::UP);
-    ann.expect_input("first line");
-    ann.keys(keys::DOWN);
-    ann.expect_input("second line");
+    ann.press(keys::UP, "second line");
+    ann.press(keys::UP, "first line");
+    ann.press(keys::DOWN, "second line");
     ann.keys(keys::ENTER);
-    assert_eq!(
-        bob.expect_say("ann", "second line"),
-        format!("{s}> ann: second line")
-    );
+    bob.expect_exact_say("ann", "second line", "second line");
 
     // bob got exactly that, in that order.
     bob.expect_not_received("ann: ");
@@ -256,10 +226,8 @@ fn up_arrow_recalls_earlier_lines() {
 #[test]
 fn tab_completes_commands() {
     let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
-    ann.keys("/he");
-    ann.expect_input("/he");
-    ann.keys(keys::TAB);
-    ann.expect_input("/help ");
+    ann.press("/he", "/he");
+    ann.press(keys::TAB, "/help ");
     ann.keys(keys::ENTER);
     // One row per command, each starting with the command.
     for command in ["/help", "/join", "/leave", "/users", "/pm", "/quit"] {
@@ -280,19 +248,13 @@ fn tab_completes_commands() {
 
 #[test]
 fn tab_completes_nicks_after_pm() {
-    let ctx = Ctx::new();
-    let server = ctx.start_server("server@localhost", &[]);
-    let mut ann = ctx.join_pty(&server, "ann");
     // Both join after ann: her list of nicks must follow the room.
-    let mut bob = ctx.join(&server, "bob");
-    ann.expect_from_server("* bob has joined *");
+    let (ctx, server, mut ann, mut bob) = ann_and_bob();
     let mut carol = ctx.join(&server, "carol");
     ann.expect_from_server("* carol has joined *");
 
-    ann.keys("/pm b");
-    ann.expect_input("/pm b");
-    ann.keys(keys::TAB);
-    ann.expect_input("/pm bob ");
+    ann.press("/pm b", "/pm b");
+    ann.press(keys::TAB, "/pm bob ");
     ann.keys("psst, a secret");
     ann.keys(keys::ENTER);
     let line = bob.expect_private("ann", "psst");
@@ -303,10 +265,8 @@ fn tab_completes_nicks_after_pm() {
     carol.expect_not_received("psst");
 
     ann.expect_input("");
-    ann.keys("/pm ca");
-    ann.expect_input("/pm ca");
-    ann.keys(keys::TAB);
-    ann.expect_input("/pm carol ");
+    ann.press("/pm ca", "/pm ca");
+    ann.press(keys::TAB, "/pm carol ");
     ann.keys("hi carol");
     ann.keys(keys::ENTER);
     carol.expect_private("ann", "hi carol");
@@ -317,13 +277,10 @@ fn tab_completes_nicks_after_pm() {
     ann.expect_input("");
     carol.send("/quit");
     ann.expect_from_server("* carol has left *");
-    ann.keys("/pm ca");
-    ann.expect_input("/pm ca");
+    ann.press("/pm ca", "/pm ca");
     ann.keys(keys::TAB);
-    ann.keys("x");
-    ann.expect_input("/pm cax");
-    ann.keys(keys::CTRL_U);
-    ann.expect_input("");
+    ann.press("x", "/pm cax");
+    ann.press(keys::CTRL_U, "");
 }
 
 /// `HH:MM` for the wall clock in a zone `offset_minutes` east of UTC, now.
@@ -429,18 +386,14 @@ fn no_timestamps_without_the_flag() {
 /// What ann sees of the four kinds of lines: a room message, a private message, a
 /// presence line and a server line. Returns their rows (by index) once all are there.
 fn four_kinds(colour: bool) -> (Ctx, Server, PtyClient, [usize; 4], Vec<u8>) {
-    let ctx = Ctx::new();
-    let server = ctx.start_server("server@localhost", &[]);
+    let (ctx, server, mut ann, mut bob) = ann_and_bob_with(|ann| {
+        if colour {
+            ann.env_remove("NO_COLOR")
+        } else {
+            ann
+        }
+    });
     let s = server.name().to_string();
-    let builder = ctx.client("ann").to(&server);
-    let builder = if colour {
-        builder.env_remove("NO_COLOR")
-    } else {
-        builder
-    };
-    let mut ann = builder.join_pty();
-    let mut bob = ctx.join(&server, "bob");
-    ann.expect_from_server("* bob has joined *");
     bob.send("a room message");
     ann.expect_from_server("bob: a room message");
     bob.send("/pm ann a private message");
@@ -549,12 +502,7 @@ fn no_colours_in_a_pipe_even_without_no_color() {
     assert_eq!(ann.users(), ["ann", "bob"]);
     ann.send("/nonsense");
     ann.expect("Unknown command /nonsense");
-    let escaped: Vec<String> = ann
-        .proc
-        .lines(Stream::Any)
-        .into_iter()
-        .filter(|l| l.contains('\x1b'))
-        .collect();
+    let escaped = ann.proc.lines_containing(Stream::Any, "\x1b");
     assert!(
         escaped.is_empty(),
         "escape sequences in a pipe: {escaped:?}"
@@ -569,19 +517,9 @@ fn rows_containing(snap: &Snapshot, needle: &str) -> usize {
 #[test]
 fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
     // Started from an interactive shell, as a user does: Ctrl-Z stops it, `fg` goes on.
-    let ctx = Ctx::new();
-    let server = ctx.start_server("server@localhost", &[]);
     // Reconnecting, as by default: the old client lost its terminal only then.
-    let mut ann = ctx
-        .client("ann")
-        .to(&server)
-        .reconnect()
-        .in_shell()
-        .join_pty();
-    let mut bob = ctx.join(&server, "bob");
-    ann.expect_from_server("* bob has joined *");
-    ann.keys("hello wor");
-    ann.expect_input("hello wor");
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob_with(|ann| ann.reconnect().in_shell());
+    ann.press("hello wor", "hello wor");
     ann.keys(keys::CTRL_Z);
     ann.expect_row("Stopped");
     // As a person does: wait for the shell's prompt, type `fg`, wait for the shell to
@@ -594,8 +532,7 @@ fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
     ann.expect_row("chat-client");
     // The prompt and the half-typed line are back, and the editor has the keys again.
     ann.expect_input("hello wor");
-    ann.keys("ld");
-    ann.expect_input("hello world");
+    ann.press("ld", "hello world");
     ann.keys(keys::ENTER);
     bob.expect_say("ann", "hello world");
     ann.expect_input("");
@@ -617,8 +554,7 @@ fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
 #[test]
 fn after_a_resize_no_stale_copy_of_the_typed_line_stays() {
     let (_ctx, _server, mut ann, mut bob) = ann_and_bob();
-    ann.keys("a draft that is being typed");
-    ann.expect_input("a draft that is being typed");
+    ann.press("a draft that is being typed", "a draft that is being typed");
     ann.pty.resize(60, 20);
     bob.send("after the resize");
     ann.expect_from_server("bob: after the resize");

@@ -356,16 +356,7 @@ impl Launcher {
             .stderr(Stdio::null());
         let (child, stdout) = spawn(command, None)?;
         let mut guard = ChildGuard(child);
-        let prefix = "port mapper ready on port ";
-        let line = ready_line(
-            stdout,
-            |l| l.starts_with(prefix),
-            prefix,
-            &mut guard.0,
-            None,
-        )
-        .await?;
-        let port = parse_port(&line, "port mapper ready on port ")?;
+        let port = ready_port(stdout, "port mapper ready on port ", &mut guard.0, None).await?;
         tracing::debug!(port, "port mapper started");
         self.mapper = Some((guard, port));
         Ok(port)
@@ -435,15 +426,7 @@ impl Launcher {
         let (child, stdout) = spawn(command, cpus)?;
         let mut guard = ChildGuard(child);
         let prefix = format!("chat-server {name} ready on port ");
-        let line = ready_line(
-            stdout,
-            |line| line.starts_with(&prefix),
-            &prefix,
-            &mut guard.0,
-            Some(&log),
-        )
-        .await?;
-        let port = parse_port(&line, &prefix)?;
+        let port = ready_port(stdout, &prefix, &mut guard.0, Some(&log)).await?;
         tracing::debug!(%name, port, pid = ?guard.0.id(), log = %log.display(), "server started");
         let endpoint = Endpoint {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -465,16 +448,7 @@ impl Launcher {
             .stderr(Stdio::inherit());
         let (child, stdout) = spawn(command, cpus)?;
         let mut guard = ChildGuard(child);
-        let prefix = "relay ready on port ";
-        let line = ready_line(
-            stdout,
-            |l| l.starts_with(prefix),
-            prefix,
-            &mut guard.0,
-            None,
-        )
-        .await?;
-        let port = parse_port(&line, "relay ready on port ")?;
+        let port = ready_port(stdout, "relay ready on port ", &mut guard.0, None).await?;
         let pid = guard.0.id();
         tracing::debug!(port, ?pid, "relay started");
         Ok(Running {
@@ -593,6 +567,17 @@ fn log_tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(10)..].join("\n");
     format!("\n--- {} (last lines) ---\n{tail}", path.display())
+}
+
+/// Waits for the child's line `<prefix><port>` (see [`ready_line`]) and returns the port.
+async fn ready_port(
+    stdout: ChildStdout,
+    prefix: &str,
+    child: &mut Child,
+    log: Option<&Path>,
+) -> Result<u16> {
+    let line = ready_line(stdout, |l| l.starts_with(prefix), prefix, child, log).await?;
+    parse_port(&line, prefix)
 }
 
 fn parse_port(line: &str, prefix: &str) -> Result<u16> {

@@ -278,6 +278,61 @@ async fn fill_room(
     })
 }
 
+/// How a measured run ended, read in [`end_run`].
+struct Ended {
+    /// The CPU window's figures.
+    sample: CpuSample,
+    /// Deliveries when the window closed.
+    deliveries: u64,
+    /// Messages sent when the window closed.
+    sent: u64,
+    /// The generator's findings.
+    totals: Totals,
+}
+
+/// The end of a measured run: closes the CPU window, counts what was sent and delivered,
+/// reads the target's RSS while every connection is still open, then stops the
+/// generator.
+fn end_run(
+    cpu: &CpuWindow,
+    target: &Running,
+    state: &RunState,
+    engine: Arc<Engine>,
+    row: &mut Row,
+) -> Result<Ended> {
+    let sample = cpu.finish();
+    let deliveries = state.total_deliveries();
+    let sent = state.total_sent();
+    row.rss_kib = rss_kib(target);
+    let totals = run::finish(state, engine)?;
+    Ok(Ended {
+        sample,
+        deliveries,
+        sent,
+        totals,
+    })
+}
+
+/// The columns a fan-out run shares, closed or open loop: deliveries per second over
+/// `secs`, the messages and the deliveries, and a failed row when the messages in flight
+/// did not all arrive (`drained` false).
+fn delivery_columns(row: &mut Row, messages: u64, deliveries: u64, secs: f64, drained: bool) {
+    row.rate = Some(deliveries as f64 / secs);
+    row.extra("messages", messages);
+    row.extra("deliveries", deliveries);
+    if !drained {
+        row.extra("drain_timed_out", true);
+        row.ok = false;
+    }
+}
+
+/// The latency columns from `p`.
+fn latency_columns(row: &mut Row, p: &Percentiles) {
+    row.p50_us = Some(p.p50_us);
+    row.p99_us = Some(p.p99_us);
+    row.p999_us = Some(p.p999_us);
+}
+
 /// The epilogue every workload shares: CPU columns from the window in which `units`
 /// deliveries or joins happened, latency percentiles, and the error columns from the
 /// run's counters and end-of-run accounting (which decide `row.ok`).
@@ -294,9 +349,7 @@ fn conclude(row: &mut Row, state: &RunState, totals: &Totals, sample: &CpuSample
     }
     let outcome = &totals.outcome;
     if let Some(p) = Percentiles::of(&outcome.latency) {
-        row.p50_us = Some(p.p50_us);
-        row.p99_us = Some(p.p99_us);
-        row.p999_us = Some(p.p999_us);
+        latency_columns(row, &p);
         row.extra("max_us", p.max_us);
     }
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -357,20 +410,11 @@ async fn fanout(p: &FanoutParams, target: &Running, threads: usize, row: &mut Ro
         window.completed() >= state.total_sent()
     })
     .await;
-    let sample = cpu.finish();
-    let deliveries = state.total_deliveries();
-    let sent = state.total_sent();
-    row.rss_kib = rss_kib(target);
-    let totals = run::finish(&state, engine)?;
+    let end = end_run(&cpu, target, &state, engine, row)?;
 
-    row.rate = Some(deliveries as f64 / sample.elapsed.as_secs_f64());
-    row.extra("messages", sent);
-    row.extra("deliveries", deliveries);
-    if !drained {
-        row.extra("drain_timed_out", true);
-        row.ok = false;
-    }
-    conclude(row, &state, &totals, &sample, deliveries);
+    let secs = end.sample.elapsed.as_secs_f64();
+    delivery_columns(row, end.sent, end.deliveries, secs, drained);
+    conclude(row, &state, &end.totals, &end.sample, end.deliveries);
     Ok(())
 }
 
@@ -431,23 +475,15 @@ async fn openloop(
         state.total_deliveries() >= expected
     })
     .await;
-    let sample = cpu.finish();
-    let deliveries = state.total_deliveries();
-    row.rss_kib = rss_kib(target);
-    let totals = run::finish(&state, engine)?;
+    let end = end_run(&cpu, target, &state, engine, row)?;
 
-    row.rate = Some(deliveries as f64 / p.duration.as_secs_f64());
-    row.extra("messages", scheduled);
-    row.extra("deliveries", deliveries);
-    if let Some(lag) = Percentiles::of(&totals.outcome.send_lag) {
+    let secs = p.duration.as_secs_f64();
+    delivery_columns(row, scheduled, end.deliveries, secs, drained);
+    if let Some(lag) = Percentiles::of(&end.totals.outcome.send_lag) {
         row.extra("send_lag_p50_us", lag.p50_us);
         row.extra("send_lag_p99_us", lag.p99_us);
     }
-    if !drained {
-        row.extra("drain_timed_out", true);
-        row.ok = false;
-    }
-    conclude(row, &state, &totals, &sample, deliveries);
+    conclude(row, &state, &end.totals, &end.sample, end.deliveries);
     Ok(())
 }
 
@@ -537,19 +573,15 @@ async fn join(
         engine,
         joined,
     } = fill_room(state, target, threads, in_flight, Placement::Spread, true).await?;
-    let sample = cpu.finish();
     let took = started.elapsed();
-    row.rss_kib = rss_kib(target);
-    let totals = run::finish(&state, engine)?;
+    let end = end_run(&cpu, target, &state, engine, row)?;
 
     row.rate = Some(clients as f64 / took.as_secs_f64());
     row.extra("join_broadcasts", joined.expected_joined_events);
-    conclude(row, &state, &totals, &sample, clients as u64);
+    conclude(row, &state, &end.totals, &end.sample, clients as u64);
     // The latency columns of a join row are connect-to-answer times.
     if let Some(p) = Percentiles::of(&joined.join_latency) {
-        row.p50_us = Some(p.p50_us);
-        row.p99_us = Some(p.p99_us);
-        row.p999_us = Some(p.p999_us);
+        latency_columns(row, &p);
     }
     row.extra(
         "server_cpu_us_per_join",

@@ -596,24 +596,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            reply(
-                S,
-                &Reply::Joined {
-                    users: users(&["ann", "bob", "john"]),
-                    more: 0,
-                    ticket: protocol::SessionTicket {
-                        id: 1,
-                        secret: [0; 16],
-                    },
-                    epoch: 1,
-                    seq: 0,
-                    limits: protocol::FloodLimits {
-                        interval_us: 100_000,
-                        burst: 20,
-                    },
-                },
-                &first
-            ),
+            reply(S, &joined_reply, &first),
             [
                 "* Joined the chatroom *",
                 "* Users in the room: ann, bob, john *",

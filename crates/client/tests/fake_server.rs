@@ -9,8 +9,8 @@ mod common;
 use chat_client::plain::{self, PlainOutput};
 use chat_client::session::{JoinOutcome, Session, SessionError, Undelivered};
 use common::{
-    COOKIE, LIMIT, Lines, Mode, ServerSide, accept, ack_say, connect_client, joined_at, listen,
-    next, said,
+    LIMIT, Lines, Mode, ServerSide, accept, ack_private, ack_say, answer_leave, closing,
+    connect_client, joined_at, listen, next, said,
 };
 use futures_util::SinkExt;
 use protocol::{ClientMessage, Event, EventKind, LeaveReason, Reply, ServerMessage};
@@ -69,25 +69,9 @@ async fn session_prints_answers_pings_and_quits_cleanly() {
         // Every say and private message has the next id; leaving waits for the
         // acknowledgements.
         ack_say(&mut server, 1, "hello  there", 4).await;
-        assert_eq!(
-            next(&mut server).await,
-            Some(ClientMessage::Private {
-                id: 2,
-                to: "bob".into(),
-                text: "psst".into()
-            })
-        );
-        server
-            .send(ServerMessage::Reply(Reply::Sent { id: 2, seq: 5 }))
-            .await
-            .unwrap();
-        assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
-        server
-            .send(ServerMessage::Reply(Reply::Left))
-            .await
-            .unwrap();
-        // After the confirmation the client hangs up.
-        assert_eq!(next(&mut server).await, None);
+        ack_private(&mut server, 2, "bob", "psst", 5).await;
+        // The leave is confirmed, then the client hangs up.
+        answer_leave(&mut server).await;
     };
     let (quit, ()) = tokio::join!(client, script);
     assert_eq!(quit, Ok(()));
@@ -117,12 +101,7 @@ async fn end_of_input_leaves_the_room() {
     let script = async {
         assert_eq!(next(&mut server).await, Some(ClientMessage::ListUsers));
         ack_say(&mut server, 1, "/slash", 1).await;
-        assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
-        server
-            .send(ServerMessage::Reply(Reply::Left))
-            .await
-            .unwrap();
-        assert_eq!(next(&mut server).await, None);
+        answer_leave(&mut server).await;
     };
     let (result, ()) = tokio::join!(client, script);
     assert_eq!(result, Ok(()));
@@ -132,12 +111,7 @@ async fn end_of_input_leaves_the_room() {
 async fn a_closing_server_is_a_lost_connection() {
     let (session, mut server, _lines) = joined_session().await;
     let mut lost = session.lost_signal();
-    server
-        .send(ServerMessage::Closing {
-            reason: LeaveReason::ServerShutdown,
-        })
-        .await
-        .unwrap();
+    closing(&mut server, LeaveReason::ServerShutdown).await;
     drop(server);
     let why = timeout(LIMIT, lost.wait()).await.unwrap();
     assert_eq!(why, SessionError::Lost("server shutting down".into()));
@@ -163,16 +137,8 @@ async fn losing_the_server_while_waiting_is_an_error() {
 #[tokio::test]
 async fn the_backlog_is_marked_earlier_and_nothing_shows_twice() {
     let (listener, target) = listen().await;
-    let (server, connection) =
-        tokio::join!(accept(&listener, COOKIE), connect_client(&target, COOKIE));
-    let (mut server, connection) = (server.unwrap(), connection.unwrap());
-    let lines = Arc::new(Lines::default());
-    let mut session = Session::start(
-        connection,
-        &common::server_name(),
-        "ann".into(),
-        Arc::clone(&lines) as _,
-    );
+    let (mut session, mut server, lines) =
+        common::started_session(&listener, &target, Mode::Once).await;
     session.set_backlog(3);
     let script = async {
         assert_eq!(
@@ -243,12 +209,7 @@ async fn what_the_server_passes_over_is_counted_as_undelivered() {
         };
         server.send(ServerMessage::Reply(invalid)).await.unwrap();
         ack_say(&mut server, 5, "four", 2).await;
-        assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
-        server
-            .send(ServerMessage::Reply(Reply::Left))
-            .await
-            .unwrap();
-        assert_eq!(next(&mut server).await, None);
+        answer_leave(&mut server).await;
     };
     let (quit, ()) = tokio::join!(client, script);
     assert_eq!(quit, Ok(()));
@@ -270,12 +231,7 @@ async fn what_the_server_passes_over_is_counted_as_undelivered() {
 async fn a_server_that_kicks_for_flooding_ends_the_session_and_says_why() {
     let (session, mut server, _lines) = joined_session().await;
     let mut lost = session.lost_signal();
-    server
-        .send(ServerMessage::Closing {
-            reason: LeaveReason::Flooding,
-        })
-        .await
-        .unwrap();
+    closing(&mut server, LeaveReason::Flooding).await;
     let why = timeout(LIMIT, lost.wait()).await.unwrap();
     assert_eq!(
         why,

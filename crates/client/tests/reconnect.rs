@@ -7,14 +7,17 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use chat_client::connect::ServerTarget;
 use chat_client::plain::{self, PlainOutput};
 use chat_client::reconnect::ReconnectPolicy;
-use chat_client::session::{Flow, JoinOutcome, SessionError, Undelivered};
+use chat_client::session::{Flow, JoinOutcome, Session, SessionError, Undelivered};
 use common::{
-    COOKIE, LIMIT, Mode, ServerSide, accept, ack_say, answer_join, joined, joined_at,
-    joined_session, listen, next, quick_policy, resume, resumed, said, send,
+    COOKIE, LIMIT, Lines, Mode, ServerSide, accept, ack_leave, ack_private, ack_say, answer_join,
+    answer_leave, closing, joined, joined_at, joined_session, listen, next, quick_policy, resume,
+    resumed, said, send,
 };
 use protocol::{ClientMessage, LeaveReason, Reply, ResumeFailure, ServerMessage};
 use tokio::io::AsyncReadExt;
@@ -39,28 +42,32 @@ async fn answer_resume(listener: &TcpListener, last_seq: u64, answer: Reply) -> 
     server
 }
 
-/// Answers the client's leave and expects it to hang up.
-async fn answer_leave(server: &mut ServerSide) {
-    assert_eq!(next(server).await, Some(ClientMessage::Leave));
-    send(server, ServerMessage::Reply(Reply::Left)).await;
-    assert_eq!(next(server).await, None);
+/// Waits long enough that any wait for the next attempt would show.
+fn slow_policy() -> ReconnectPolicy {
+    ReconnectPolicy {
+        initial: Duration::from_secs(60),
+        ..ReconnectPolicy::default()
+    }
+}
+
+/// A reconnecting session with `policy`, joined as `ann`, and the listener that stands
+/// for the server it reconnects to.
+async fn reconnecting(
+    policy: ReconnectPolicy,
+) -> (TcpListener, ServerTarget, Session, ServerSide, Arc<Lines>) {
+    let (listener, target) = listen().await;
+    let (session, server, lines) =
+        joined_session(&listener, &target, Mode::Reconnect(policy)).await;
+    (listener, target, session, server, lines)
 }
 
 #[tokio::test]
 async fn a_lost_session_is_resumed_and_what_was_missed_printed_once() {
-    let (listener, target) = listen().await;
-    let (mut session, mut server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, mut session, mut server, lines) = reconnecting(quick_policy()).await;
     let mut lost = session.lost_signal();
     send(&mut server, said(1, "bob", "before")).await;
     lines.wait_for("server@127.0.0.1> bob: before").await;
-    send(
-        &mut server,
-        ServerMessage::Closing {
-            reason: LeaveReason::ServerShutdown,
-        },
-    )
-    .await;
+    closing(&mut server, LeaveReason::ServerShutdown).await;
     drop(server);
 
     // The same listener stands for the server, which kept the session.
@@ -113,9 +120,7 @@ async fn a_lost_session_is_resumed_and_what_was_missed_printed_once() {
 
 #[tokio::test]
 async fn unacknowledged_says_are_sent_again_with_their_ids_and_lines_typed_away_after() {
-    let (listener, target) = listen().await;
-    let (mut session, mut server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, mut session, mut server, lines) = reconnecting(quick_policy()).await;
 
     session.handle_line("one").await.unwrap();
     session.handle_line("two").await.unwrap();
@@ -143,19 +148,7 @@ async fn unacknowledged_says_are_sent_again_with_their_ids_and_lines_typed_away_
     // The server has "two" already: it acknowledges it again and does not repeat it.
     ack_say(&mut server, 2, "two", 0).await;
     ack_say(&mut server, 3, "three", 3).await;
-    assert_eq!(
-        next(&mut server).await,
-        Some(ClientMessage::Private {
-            id: 4,
-            to: "bob".into(),
-            text: "four".into()
-        })
-    );
-    send(
-        &mut server,
-        ServerMessage::Reply(Reply::Sent { id: 4, seq: 4 }),
-    )
-    .await;
+    ack_private(&mut server, 4, "bob", "four", 4).await;
     lines.wait_for("* 2 messages typed while away sent *").await;
 
     let (quit, ()) = tokio::join!(session.handle_line("/quit"), answer_leave(&mut server));
@@ -165,9 +158,7 @@ async fn unacknowledged_says_are_sent_again_with_their_ids_and_lines_typed_away_
 
 #[tokio::test]
 async fn a_restarted_server_is_told_and_joined_afresh_with_the_backlog() {
-    let (listener, target) = listen().await;
-    let (mut session, mut server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, mut session, mut server, lines) = reconnecting(quick_policy()).await;
     session.set_backlog(5);
     session.handle_line("said before").await.unwrap();
     // Written, never acknowledged: the restarted server cannot tell whether it had it.
@@ -224,9 +215,7 @@ async fn a_restarted_server_is_told_and_joined_afresh_with_the_backlog() {
 
 #[tokio::test]
 async fn a_nick_taken_meanwhile_is_reported_with_where_the_user_stands() {
-    let (listener, target) = listen().await;
-    let (mut session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, mut session, server, lines) = reconnecting(quick_policy()).await;
     drop(server);
 
     let failed = Reply::ResumeFailed {
@@ -264,9 +253,7 @@ async fn a_nick_taken_meanwhile_is_reported_with_where_the_user_stands() {
 
 #[tokio::test]
 async fn a_refused_fresh_join_says_where_the_user_stands() {
-    let (listener, target) = listen().await;
-    let (_session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, _session, server, lines) = reconnecting(quick_policy()).await;
     drop(server);
     let failed = Reply::ResumeFailed {
         reason: ResumeFailure::UnknownSession,
@@ -286,13 +273,8 @@ async fn a_refused_fresh_join_says_where_the_user_stands() {
 
 #[tokio::test]
 async fn a_join_cut_short_is_retried_after_reconnecting() {
-    let (listener, target) = listen().await;
-    let (mut session, mut server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
-    let (left, ()) = tokio::join!(session.leave(), async {
-        assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
-        send(&mut server, ServerMessage::Reply(Reply::Left)).await;
-    });
+    let (listener, _, mut session, mut server, lines) = reconnecting(quick_policy()).await;
+    let (left, ()) = tokio::join!(session.leave(), ack_leave(&mut server));
     assert_eq!(left, Ok(()));
 
     // The server goes away between the join and its answer.
@@ -317,13 +299,8 @@ async fn a_join_cut_short_is_retried_after_reconnecting() {
 
 #[tokio::test]
 async fn left_rooms_are_not_rejoined() {
-    let (listener, target) = listen().await;
-    let (mut session, mut server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
-    let (left, ()) = tokio::join!(session.leave(), async {
-        assert_eq!(next(&mut server).await, Some(ClientMessage::Leave));
-        send(&mut server, ServerMessage::Reply(Reply::Left)).await;
-    });
+    let (listener, _, mut session, mut server, lines) = reconnecting(quick_policy()).await;
+    let (left, ()) = tokio::join!(session.leave(), ack_leave(&mut server));
     assert_eq!(left, Ok(()));
     drop(server);
 
@@ -338,14 +315,7 @@ async fn left_rooms_are_not_rejoined() {
 
 #[tokio::test]
 async fn quitting_while_reconnecting_returns_at_once() {
-    let (listener, target) = listen().await;
-    // Waits long enough that any wait for the next attempt would show.
-    let slow = ReconnectPolicy {
-        initial: Duration::from_secs(60),
-        ..ReconnectPolicy::default()
-    };
-    let (mut session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(slow)).await;
+    let (listener, _, mut session, server, lines) = reconnecting(slow_policy()).await;
     drop(server);
     drop(listener);
     lines.wait_for(LOST_CLOSED).await;
@@ -376,13 +346,7 @@ async fn quitting_while_reconnecting_returns_at_once() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_lines_typed_away_on_a_terminal() {
-    let (listener, target) = listen().await;
-    let slow = ReconnectPolicy {
-        initial: Duration::from_secs(60),
-        ..ReconnectPolicy::default()
-    };
-    let (mut session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(slow)).await;
+    let (_listener, _, mut session, server, lines) = reconnecting(slow_policy()).await;
     drop(server);
     lines.wait_for(LOST_CLOSED).await;
     for n in 0..chat_client::session::QUEUE_LIMIT {
@@ -397,13 +361,7 @@ async fn a_full_queue_refuses_lines_typed_away_on_a_terminal() {
 
 #[tokio::test]
 async fn end_of_input_while_reconnecting_returns_at_once() {
-    let (listener, target) = listen().await;
-    let slow = ReconnectPolicy {
-        initial: Duration::from_secs(60),
-        ..ReconnectPolicy::default()
-    };
-    let (mut session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(slow)).await;
+    let (listener, _, mut session, server, lines) = reconnecting(slow_policy()).await;
     drop(server);
     drop(listener);
     lines.wait_for(LOST_CLOSED).await;
@@ -417,9 +375,7 @@ async fn end_of_input_while_reconnecting_returns_at_once() {
 
 #[tokio::test]
 async fn a_patient_session_delivers_what_was_typed_away_before_leaving() {
-    let (listener, target) = listen().await;
-    let (mut session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, mut session, server, lines) = reconnecting(quick_policy()).await;
     session.set_patient(true);
     drop(server);
     lines.wait_for(LOST_CLOSED).await;
@@ -439,9 +395,7 @@ async fn a_patient_session_delivers_what_was_typed_away_before_leaving() {
 
 #[tokio::test]
 async fn a_wrong_cookie_after_reconnecting_ends_the_session() {
-    let (listener, target) = listen().await;
-    let (session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, session, server, lines) = reconnecting(quick_policy()).await;
     let mut lost = session.lost_signal();
     drop(server);
     // The server now has another cookie.
@@ -458,9 +412,7 @@ async fn a_wrong_cookie_after_reconnecting_ends_the_session() {
 
 #[tokio::test]
 async fn each_reason_for_a_failed_attempt_is_told_once() {
-    let (listener, target) = listen().await;
-    let (_session, server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, target, _session, server, lines) = reconnecting(quick_policy()).await;
     drop(server);
     // Five attempts, each closed in the middle of the handshake (after reading what
     // the client sent, so that the close is an orderly one every time).
@@ -492,17 +444,9 @@ async fn each_reason_for_a_failed_attempt_is_told_once() {
 
 #[tokio::test]
 async fn being_kicked_for_flooding_is_not_reconnected() {
-    let (listener, target) = listen().await;
-    let (session, mut server, lines) =
-        joined_session(&listener, &target, Mode::Reconnect(quick_policy())).await;
+    let (listener, _, session, mut server, lines) = reconnecting(quick_policy()).await;
     let mut lost = session.lost_signal();
-    send(
-        &mut server,
-        ServerMessage::Closing {
-            reason: LeaveReason::Flooding,
-        },
-    )
-    .await;
+    closing(&mut server, LeaveReason::Flooding).await;
     let why = timeout(LIMIT, lost.wait())
         .await
         .expect("still reconnecting");

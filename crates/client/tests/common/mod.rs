@@ -17,7 +17,8 @@ use chat_client::session::{JoinOutcome, Output, Session};
 use futures_util::{SinkExt, StreamExt};
 use protocol::secure::ServerStep;
 use protocol::{
-    ClientMessage, Cookie, NodeName, Reply, SecureCodec, ServerHandshake, ServerMessage,
+    ClientMessage, Cookie, LeaveReason, NodeName, Reply, SecureCodec, ServerHandshake,
+    ServerMessage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,6 +128,11 @@ pub async fn send(server: &mut ServerSide, msg: ServerMessage) {
     server.send(msg).await.unwrap();
 }
 
+/// Tells the client the server is closing its connection, for `reason`.
+pub async fn closing(server: &mut ServerSide, reason: LeaveReason) {
+    send(server, ServerMessage::Closing { reason }).await;
+}
+
 /// Expects the client to join as `nick` and answers with `answer`.
 pub async fn answer_join(server: &mut ServerSide, nick: &str, answer: Reply) {
     assert_eq!(
@@ -218,6 +224,32 @@ pub async fn ack_say(server: &mut ServerSide, id: u64, text: &str, seq: u64) {
     send(server, ServerMessage::Reply(Reply::Sent { id, seq })).await;
 }
 
+/// Expects a private message to `to` with `id` and `text`, and acknowledges it as room
+/// number `seq`.
+pub async fn ack_private(server: &mut ServerSide, id: u64, to: &str, text: &str, seq: u64) {
+    assert_eq!(
+        next(server).await,
+        Some(ClientMessage::Private {
+            id,
+            to: to.into(),
+            text: text.into()
+        })
+    );
+    send(server, ServerMessage::Reply(Reply::Sent { id, seq })).await;
+}
+
+/// Expects the client to leave the room and confirms it.
+pub async fn ack_leave(server: &mut ServerSide) {
+    assert_eq!(next(server).await, Some(ClientMessage::Leave));
+    send(server, ServerMessage::Reply(Reply::Left)).await;
+}
+
+/// Answers the client's leave and expects it to hang up: how a session quits.
+pub async fn answer_leave(server: &mut ServerSide) {
+    ack_leave(server).await;
+    assert_eq!(next(server).await, None);
+}
+
 /// A listener on an ephemeral port and the target naming it.
 pub async fn listen() -> (TcpListener, ServerTarget) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -252,20 +284,20 @@ pub enum Mode {
     Reconnect(ReconnectPolicy),
 }
 
-/// Connects a session as `ann` to `target` (served by `listener`) and joins the room
-/// with `ann, bob` in it; returns the session, the server's side and the output.
-pub async fn joined_session(
+/// Connects a session as `ann` to `target` (served by `listener`), not yet joined;
+/// returns the session, the server's side and the output.
+pub async fn started_session(
     listener: &TcpListener,
     target: &ServerTarget,
     mode: Mode,
 ) -> (Session, ServerSide, Arc<Lines>) {
     let (server, connection) =
         tokio::join!(accept(listener, COOKIE), connect_client(target, COOKIE));
-    let mut server = server.unwrap();
+    let server = server.unwrap();
     let connection = connection.unwrap();
     let lines = Arc::new(Lines::default());
     let output = Arc::clone(&lines) as _;
-    let mut session = match mode {
+    let session = match mode {
         Mode::Once => Session::start(connection, &server_name(), "ann".into(), output),
         Mode::Reconnect(policy) => {
             let redial = Redial {
@@ -278,6 +310,17 @@ pub async fn joined_session(
             Session::start_reconnecting(connection, "ann".into(), output, redial)
         }
     };
+    (session, server, lines)
+}
+
+/// Connects a session as `ann` to `target` (served by `listener`) and joins the room
+/// with `ann, bob` in it; returns the session, the server's side and the output.
+pub async fn joined_session(
+    listener: &TcpListener,
+    target: &ServerTarget,
+    mode: Mode,
+) -> (Session, ServerSide, Arc<Lines>) {
+    let (mut session, mut server, lines) = started_session(listener, target, mode).await;
     let (outcome, ()) = tokio::join!(
         session.join(),
         answer_join(&mut server, "ann", joined(&["ann", "bob"]))
