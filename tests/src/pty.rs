@@ -16,9 +16,11 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::num::NonZeroU16;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -395,9 +397,12 @@ pub struct Pty {
     label: String,
     pid: u32,
     child: Box<dyn portable_pty::Child + Send + Sync>,
-    // Kept open for the life of the child: closing the master hangs the terminal up.
-    _master: Box<dyn MasterPty + Send>,
+    // Kept open for the life of the child: closing the master hangs the terminal up
+    // ([`Pty::hang_up`]).
+    master: Option<Box<dyn MasterPty + Send>>,
     writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// Tells the reader thread to let go of its copy of the master.
+    hung_up: Arc<AtomicBool>,
     shared: Arc<Shared>,
     exit: Option<Exit>,
 }
@@ -435,10 +440,18 @@ impl Pty {
         let pid = child
             .process_id()
             .unwrap_or_else(|| panic!("{label}: no process id"));
-        let reader = pair
+        // The reader's own copy of the master, which it can let go of on a hang-up.
+        let master_fd = pair
             .master
-            .try_clone_reader()
-            .unwrap_or_else(|e| panic!("{label}: cannot read the pty: {e}"));
+            .as_raw_fd()
+            .unwrap_or_else(|| panic!("{label}: the pty master has no descriptor"));
+        // Close-on-exec: a copy inherited by a process started later (another client, a
+        // server) would keep the master open after a hang-up.
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor nothing else owns (or -1, checked).
+        let copy = unsafe { libc::fcntl(master_fd, libc::F_DUPFD_CLOEXEC, 0) };
+        assert!(copy >= 0, "{label}: cannot duplicate the pty master");
+        // SAFETY: `copy` is a fresh, open descriptor owned by this File alone.
+        let reader = unsafe { std::fs::File::from_raw_fd(copy) };
         let writer =
             Arc::new(Mutex::new(pair.master.take_writer().unwrap_or_else(|e| {
                 panic!("{label}: cannot write to the pty: {e}")
@@ -458,13 +471,21 @@ impl Pty {
             }),
             changed: Condvar::new(),
         });
-        spawn_reader(&label, reader, Arc::clone(&shared), Arc::clone(&writer));
+        let hung_up = Arc::new(AtomicBool::new(false));
+        spawn_reader(
+            &label,
+            reader,
+            Arc::clone(&shared),
+            Arc::clone(&writer),
+            Arc::clone(&hung_up),
+        );
         Pty {
             label,
             pid,
             child,
-            _master: pair.master,
+            master: Some(pair.master),
             writer,
+            hung_up,
             shared,
             exit: None,
         }
@@ -517,7 +538,11 @@ impl Pty {
             pixel_width: 0,
             pixel_height: 0,
         };
-        if let Err(e) = self._master.resize(size) {
+        let resized = match &self.master {
+            Some(master) => master.resize(size).map_err(|e| e.to_string()),
+            None => Err("it was hung up".to_string()),
+        };
+        if let Err(e) = resized {
             self.fail(&format!("cannot resize the terminal: {e}"));
         }
     }
@@ -610,6 +635,15 @@ impl Pty {
         if let Some(exit) = self.try_exit() {
             self.fail(&format!("expected it to be running, but it ended: {exit}"));
         }
+    }
+
+    /// Closes the terminal as a closed window does: every copy of the master side is
+    /// closed, so the kernel hangs the terminal up (SIGHUP to its session's foreground,
+    /// and every later read or write of it fails). The screen keeps what was shown.
+    pub fn hang_up(&mut self) {
+        self.hung_up.store(true, Ordering::SeqCst);
+        self.master = None;
+        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Box::new(std::io::sink());
     }
 
     /// Sends a signal to the process (if it is still running).
@@ -707,15 +741,33 @@ pub fn sgr_sequences(bytes: &[u8]) -> Vec<String> {
 
 fn spawn_reader(
     label: &str,
-    mut reader: Box<dyn Read + Send>,
+    mut reader: std::fs::File,
     shared: Arc<Shared>,
     writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    hung_up: Arc<AtomicBool>,
 ) {
     thread::Builder::new()
         .name(format!("{label}-pty"))
         .spawn(move || {
             let mut buf = [0u8; 8192];
             loop {
+                // Wakes now and then to see whether the terminal is to be hung up.
+                let mut wait = libc::pollfd {
+                    fd: reader.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, for the duration of the call.
+                let ready = unsafe { libc::poll(&raw mut wait, 1, 50) };
+                if hung_up.load(Ordering::SeqCst) {
+                    break;
+                }
+                if ready == 0
+                    || (ready < 0
+                        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted)
+                {
+                    continue;
+                }
                 // EIO once the child and its slave side are gone.
                 let n = match reader.read(&mut buf) {
                     Ok(0) | Err(_) => break,

@@ -551,6 +551,23 @@ fn ctrl_z_then_fg_redraws_the_half_typed_line_and_echoes_the_next_once() {
     }
 }
 
+/// A closed terminal window: the terminal is hung up (every read and write of it fails
+/// from then on) and the client gets SIGHUP. It leaves the room as Ctrl-D does and exits
+/// 0. (It used to die of a panic as soon as it logged anything once the terminal was
+/// gone: the logging library reported the failed write with `eprintln!`, which panics;
+/// the debug log makes that certain, since restoring the terminal's mode fails and is
+/// logged on every such exit.)
+#[test]
+fn closing_the_terminal_leaves_the_room_cleanly() {
+    let (_ctx, _server, mut ann, mut bob) = ann_and_bob_with(|ann| ann.env("RUST_LOG", "debug"));
+    ann.keys("half a line");
+    ann.pty.hang_up();
+    // A clean leave: no reason after it.
+    let line = bob.expect_left("ann");
+    assert!(line.ends_with("* ann has left *"), "{line:?}");
+    ann.pty.expect_success(LONG);
+}
+
 #[test]
 fn after_a_resize_no_stale_copy_of_the_typed_line_stays() {
     let (_ctx, _server, mut ann, mut bob) = ann_and_bob();

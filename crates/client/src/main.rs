@@ -62,7 +62,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("Could not start chat-client: cannot handle SIGHUP")?;
     if let Some(warning) = args.cookie_warning() {
-        eprintln!("{warning}");
+        plain::eprint_line(warning);
     }
     let config = match args.resolve(&Environment::from_process()) {
         Ok(config) => config,
@@ -92,10 +92,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             Err(e) => {
                 let e = e.explained().await;
                 // As given: with the port when --server had one.
-                eprintln!(
-                    "{}",
-                    render::connect_failed(&target.to_string(), &e.to_string())
-                );
+                plain::eprint_line(&render::connect_failed(&target.to_string(), &e.to_string()));
             }
         }
     }
@@ -174,7 +171,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
         }
     };
     if let Some(line) = render::undelivered(&session.undelivered()) {
-        eprintln!("{line}");
+        plain::eprint_line(&line);
         code = FAILURE;
     }
     Ok(code)
@@ -183,7 +180,9 @@ async fn run(args: Args) -> anyhow::Result<u8> {
 /// Tells on standard error why the session ended against the user's will.
 fn report_end(server: &str, end: &SessionError) {
     match end {
-        SessionError::Lost(why) => eprintln!("{}", render::connection_lost(server, why)),
-        SessionError::Unreachable(why) => eprintln!("{}", render::connect_failed(server, why)),
+        SessionError::Lost(why) => plain::eprint_line(&render::connection_lost(server, why)),
+        SessionError::Unreachable(why) => {
+            plain::eprint_line(&render::connect_failed(server, why));
+        }
     }
 }

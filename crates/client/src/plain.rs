@@ -99,6 +99,14 @@ pub fn print_line(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
+/// Prints one line on standard error, ignoring a standard error that is gone (unlike
+/// `eprintln!`, which panics: a terminal that was closed fails every write, and the
+/// client still has to leave the room cleanly after that).
+pub fn eprint_line(line: &str) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
 /// Reads lines from `input` and hands each to `session` in order, until `/quit` or the
 /// end of input; at the end of input it quits the session (leaving the room cleanly).
 ///

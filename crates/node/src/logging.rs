@@ -17,5 +17,9 @@ pub fn init(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
+        // On a write error tracing-subscriber would report it with `eprintln!`, which
+        // panics when standard error is gone (a closed terminal): a client whose window
+        // was closed died there instead of leaving the room.
+        .log_internal_errors(false)
         .try_init();
 }
