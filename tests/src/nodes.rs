@@ -166,6 +166,19 @@ impl Ctx {
         self.client(nick).to(server).join_pty()
     }
 
+    /// Waits until the port mapper lists `alive` (a server started with
+    /// [`ServerBuilder::spawn`], which does not wait for it to be ready).
+    pub fn wait_registered(&self, alive: &str) {
+        let listed = poll_until(LONG, || {
+            epmd_names(self.epmd_port).is_ok_and(|l| l.iter().any(|(n, _)| n == alive))
+        });
+        assert!(
+            listed,
+            "the port mapper does not list {alive}: {:?}",
+            epmd_names(self.epmd_port)
+        );
+    }
+
     /// Waits until this context's port mapper no longer lists `alive` (after its server
     /// died, the mapper notices the closed registration connection on its own).
     #[track_caller]

@@ -12,7 +12,7 @@ use chat_tests::chaos::runtime;
 use chat_tests::nodes::{sorted, strings};
 use chat_tests::redis::{RedisServer, redis_or_skip};
 use chat_tests::talker::{Seen, Talker};
-use chat_tests::{COOKIE, Ctx, Server, Signal, Stream, WAIT};
+use chat_tests::{COOKIE, Ctx, LONG, Server, Signal, Stream, WAIT};
 use protocol::{ClientMessage, Event, EventKind, Reply, ResumeFailure, SessionTicket};
 
 /// Starts node `name` of the cluster in `redis`, with a short tick so that leases and
@@ -701,4 +701,34 @@ fn chat_client_tries_the_next_node_when_the_first_is_down() {
         .expect_in(Stream::Stderr, "Could not connect to a@localhost", WAIT);
     assert_eq!(sorted(&ann.expect_banner()), strings(&["ann", "bob"]));
     bob.expect_joined("ann");
+}
+
+/// A node whose Redis cannot be reached turns every join away (`Unavailable`): the client
+/// says so once and keeps trying quietly, instead of a `lost ... reconnecting` and a
+/// `Reconnected` pair at every try. Needs no redis-server: nothing listens on port 1.
+#[test]
+fn a_node_whose_store_is_away_is_told_once_while_the_client_keeps_trying() {
+    let ctx = Ctx::new();
+    // Never ready (it waits for its store), but listening and registered.
+    let mut server = ctx
+        .server("server@localhost")
+        .args(&["--cluster", "redis://127.0.0.1:1"])
+        .spawn();
+    ctx.wait_registered("server");
+    let mut ann = ctx
+        .client("ann")
+        .server_arg("server@localhost", "server@localhost")
+        .reconnect()
+        .spawn();
+    // Three joins turned away: the first, and two tries after it (1 s, then 2 s).
+    for _ in 0..3 {
+        server.expect_stderr_line("join refused nick=ann", LONG);
+    }
+    let told = ann
+        .proc
+        .lines_containing(Stream::Any, "the room is unavailable");
+    assert_eq!(told.len(), 1, "told {} times: {told:?}", told.len());
+    let reconnected = ann.proc.lines_containing(Stream::Any, "Reconnected");
+    assert!(reconnected.len() <= 1, "{reconnected:?}");
+    assert!(ann.proc.try_status().is_none(), "the client gave up");
 }

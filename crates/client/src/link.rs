@@ -90,6 +90,9 @@ pub(crate) struct Loss {
     pub(crate) why: String,
     /// The reason the server gave when it closed the connection, if it did.
     pub(crate) closing: Option<LeaveReason>,
+    /// Given up by the client: the node cannot serve the room just now (a cluster node
+    /// whose store is away turned the join or resume away).
+    pub(crate) turned_away: bool,
 }
 
 impl Loss {
@@ -97,6 +100,7 @@ impl Loss {
         Self {
             why: why.into(),
             closing: None,
+            turned_away: false,
         }
     }
 }
@@ -334,8 +338,8 @@ impl Handler {
                 ServerMessage::Pong => {}
                 ServerMessage::Closing { reason } => {
                     return Loss {
-                        why: render::closed_by_server(reason),
                         closing: Some(reason),
+                        ..Loss::new(render::closed_by_server(reason))
                     };
                 }
                 ServerMessage::Event(event) => self.on_event(event),
@@ -347,7 +351,12 @@ impl Handler {
                     | Reply::ResumeFailed {
                         reason: ResumeFailure::Unavailable,
                     },
-                ) => return Loss::new(render::room_unavailable()),
+                ) => {
+                    return Loss {
+                        turned_away: true,
+                        ..Loss::new(render::room_unavailable())
+                    };
+                }
                 ServerMessage::Reply(reply) => self.on_reply(reply),
             }
         }

@@ -16,6 +16,10 @@
 //! node in turn, starting with the one after the node just lost, and the first that
 //! answers takes over: lines from then on show its name.
 //!
+//! A link turned away (the room unavailable: a cluster node whose store is away refuses
+//! every rejoin) right after a link that was turned away too prints neither line again:
+//! the user was told once, and the room's answer, when it comes, says the rest.
+//!
 //! Once connected it prints `* Reconnected to <server> *` and, if the user was in the
 //! room, queues a resume of the session (or a join with the same nick when there is no
 //! session to resume); if not (a rejoin refused earlier, `/leave`), it says so
@@ -160,12 +164,19 @@ pub(crate) async fn supervise(
     // The node the current link is to, and the context its lines are printed with.
     let mut at = 0;
     let mut context = context;
+    // The previous link was turned away by a node that cannot serve the room just now.
+    let mut turned_away = false;
     loop {
         let loss = current.lost().await;
         if current.uptime() >= redial.policy.max {
             attempt = 0;
         }
         current.stop().await;
+        // A link turned away again by a node that cannot serve the room (a cluster node
+        // whose store is away refuses every rejoin): the user was told once; the tries
+        // go on quietly until the room answers.
+        let repeating = loss.turned_away && turned_away;
+        turned_away = loss.turned_away;
         // Out of the room until the server says otherwise; whether the user wants to be
         // in it is kept, so that lines typed meanwhile are queued and the room resumed.
         shared.joined.store(false, Ordering::SeqCst);
@@ -176,10 +187,12 @@ pub(crate) async fn supervise(
             let _ = ended.send(Some(SessionError::Lost(loss.why)));
             return;
         }
-        context.output.status(&render::connection_lost_reconnecting(
-            &context.server,
-            &loss.why,
-        ));
+        if !repeating {
+            context.output.status(&render::connection_lost_reconnecting(
+                &context.server,
+                &loss.why,
+            ));
+        }
 
         let (connection, to) =
             match connect_with_backoff(&redial, &targets, at, &context, &mut attempt).await {
@@ -193,7 +206,9 @@ pub(crate) async fn supervise(
             at = to;
             context.server = targets[at].name.to_string();
         }
-        context.output.status(&render::reconnected(&context.server));
+        if !repeating {
+            context.output.status(&render::reconnected(&context.server));
+        }
         let (link, watch) = link::start(connection, &context);
         if !shared.wants_room.load(Ordering::SeqCst) {
             // Out of the room before the loss (a refused rejoin, /leave): "Reconnected"
