@@ -722,7 +722,11 @@ fn a_node_whose_store_is_away_is_told_once_while_the_client_keeps_trying() {
         .spawn();
     // Three joins turned away: the first, and two tries after it (1 s, then 2 s).
     for _ in 0..3 {
-        server.expect_stderr_line("join refused nick=ann", LONG);
+        let logged = server.expect_stderr_line("join refused nick=ann", LONG);
+        assert!(
+            logged.contains("reason=\"the room is unavailable on this node\""),
+            "{logged}"
+        );
     }
     let told = ann
         .proc

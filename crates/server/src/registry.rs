@@ -607,6 +607,7 @@ impl Registry {
             Reply::NickNotAllowed => "nick not allowed".to_string(),
             Reply::InvalidNick { reason } => format!("invalid nick ({reason})"),
             Reply::AlreadyJoined { .. } => "already in the room".to_string(),
+            Reply::Unavailable { .. } => "the room is unavailable on this node".to_string(),
             other => format!("{other:?}"),
         };
         if let Some(suppressed) = self.refusal_log.allow() {
