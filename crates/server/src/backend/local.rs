@@ -146,6 +146,11 @@ impl LocalBackend {
             nick: nick.clone(),
             seq: self.seq + 1,
         });
+        self.announce_joined(session, nick, fx);
+    }
+
+    /// Tells the room that `session` joined (or came back) as `nick`.
+    fn announce_joined(&mut self, session: SessionId, nick: String, fx: &mut Effects) {
         let change = Change::Joined {
             session,
             nick: nick.clone(),
@@ -212,19 +217,7 @@ impl LocalBackend {
             older_lost: 0,
         })));
         if rejoined {
-            let change = Change::Joined {
-                session,
-                nick: nick.clone(),
-                node: String::new(),
-            };
-            self.publish(
-                EventKind::Joined { nick },
-                Audience::Room { except: session },
-                session,
-                0,
-                Some(change),
-                fx,
-            );
+            self.announce_joined(session, nick, fx);
         }
     }
 
